@@ -86,6 +86,14 @@ def main(argv: list | None = None) -> int:
         print(f"tuneloop: unknown command '{name}'\n\n{_usage()}", file=sys.stderr)
         return 2
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    # transformers' per-load "Loading weights" bars are noise next to our own progress bars
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    try:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
+    except ImportError:
+        pass
     try:
         return COMMANDS[name](rest)
     except UserError as e:

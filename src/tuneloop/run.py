@@ -40,6 +40,24 @@ def evaluate_model(model, tok, rows: list, cfg: RunConfig, desc: str) -> tuple[d
     return metrics, answers
 
 
+def preflight(cfg: RunConfig) -> None:
+    """Fail in a second, before loading any model, on problems the user can fix."""
+    from tuneloop.errors import UserError
+
+    src = cfg.data.source
+    if not src:
+        raise UserError("data.source is empty: set it to a data file or bundled:airline-tweets")
+    if not src.startswith("bundled:"):
+        path = Path(src)
+        if not path.is_file():
+            raise UserError(f"data file not found: {path}")
+        try:
+            with open(path, "rb") as f:
+                f.read(1)
+        except OSError as e:
+            raise UserError(f"cannot read data file {path}: {e.strerror}") from e
+
+
 def run(cfg: RunConfig) -> dict:
     from tuneloop.data.prepare import prepare
     from tuneloop.models.sources import load_causal_lm
@@ -47,6 +65,7 @@ def run(cfg: RunConfig) -> dict:
     from tuneloop.report.model_card import write_model_card
     from tuneloop.train import sft
 
+    preflight(cfg)
     start = time.time()
     timings: dict = {}
     out = Path(cfg.output_dir)

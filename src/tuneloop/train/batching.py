@@ -45,8 +45,11 @@ def tokenize_chat(tok, messages: list) -> tuple[list, list]:
     for i, m in enumerate(messages):
         if m["role"] != "assistant" or m.get("weight", 1) == 0:
             continue
-        start = len(render_ids(tok, clean[:i], add_generation_prompt=True)) if i else 0
+        prompt = render_ids(tok, clean[:i], add_generation_prompt=True) if i else []
         through = render_ids(tok, clean[: i + 1])
+        # Where BPE merges the prompt's trailing whitespace into the answer's first token ("\n\n" + "pos"),
+        # the prompt is not an exact token prefix; training starts at the first token that differs.
+        start = next((j for j, (a, b) in enumerate(zip(prompt, full)) if a != b), len(prompt))
         if full[: len(through)] != through or start > len(through):
             raise UserError("the tokenizer's chat template is not prefix-stable, so the assistant-only loss mask "
                             "cannot be derived from it; use a template that renders turns independently")

@@ -137,6 +137,21 @@ def label_token_loss(model, batch: dict) -> tuple[torch.Tensor, int]:
     return loss, int(keep.sum())
 
 
+def accumulate_gradients(model, micro: list, device) -> tuple[float, int]:
+    """Backward over one optimizer step's micro-batches; returns (mean label-token loss, non-pad tokens).
+
+    Normalized by the label tokens of the whole step, not per micro-batch, so 1 x 8 and 8 x 1 accumulation
+    give the same gradient on uneven lengths."""
+    n_labels = sum(int((m["labels"][:, 1:] != IGNORE).sum()) for m in micro)
+    step_loss, tokens = 0.0, 0
+    for m in micro:
+        loss_sum, _ = label_token_loss(model, _to(m, device))
+        (loss_sum / n_labels).backward()
+        step_loss += float(loss_sum.detach()) / n_labels
+        tokens += int(m["attention_mask"].sum())
+    return step_loss, tokens
+
+
 def _to(batch: dict, device) -> dict:
     return {k: v.to(device) for k, v in batch.items()}
 
@@ -169,16 +184,9 @@ def fit(state: TrainState, cfg: TrainConfig, log_path: Path | None = None) -> li
         batches = length_grouped_batches([len(x[0]) for x in state.train], cfg.batch_size, state.seed + epoch)
         for s in range(0, len(batches) - cfg.grad_accum + 1, cfg.grad_accum):
             micro = [collate([state.train[i] for i in idx], pad) for idx in batches[s: s + cfg.grad_accum]]
-            # Normalize by the label tokens of the whole optimizer step, not per micro-batch, so that
-            # 1 x 8 and 8 x 1 accumulation give the same gradient on uneven lengths.
-            n_labels = sum(int((m["labels"][:, 1:] != IGNORE).sum()) for m in micro)
-            step_loss = 0.0
-            for m in micro:
-                loss_sum, _ = label_token_loss(state.model, _to(m, device))
-                (loss_sum / n_labels).backward()
-                step_loss += float(loss_sum) / n_labels
-                tokens_seen += int(m["attention_mask"].sum())
-                window_tokens += int(m["attention_mask"].sum())
+            step_loss, n_tokens = accumulate_gradients(state.model, micro, device)
+            tokens_seen += n_tokens
+            window_tokens += n_tokens
             if cfg.max_grad_norm > 0:
                 torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
             state.optimizer.step()

@@ -1,0 +1,98 @@
+"""Training invariants on a tiny random Llama: loss definition, accumulation, adapter training, stopping."""
+
+import copy
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM
+
+from tuneloop.config import AdapterConfig, TrainConfig
+from tuneloop.data.formats import Example
+from tuneloop.train import sft
+from tuneloop.train.batching import IGNORE, collate, tokenize_chat
+
+CONVOS = [
+    [{"role": "user", "content": "x " * n + "?"}, {"role": "assistant", "content": "answer " * (1 + n % 3)}]
+    for n in (1, 7, 3, 12, 5, 2, 9, 4)  # uneven lengths on purpose
+]
+
+
+@pytest.fixture()
+def tiny(tiny_lm_dir):
+    torch.manual_seed(0)
+    return AutoModelForCausalLM.from_pretrained(tiny_lm_dir, dtype=torch.float32)
+
+
+def test_label_token_loss_matches_full_logits_loss(tiny, tokenizer):
+    """Running the LM head only at label positions gives the same loss as transformers' full-logits loss."""
+    batch = collate([tokenize_chat(tokenizer, c) for c in CONVOS], tokenizer.pad_token_id)
+    loss_sum, n = sft.label_token_loss(tiny, batch)
+    reference = tiny(**batch).loss  # mean over shifted labels != -100
+    assert n == int((batch["labels"][:, 1:] != IGNORE).sum())
+    assert torch.allclose(loss_sum / n, reference, atol=1e-5)
+
+
+def _grads(model):
+    return {k: p.grad.clone() for k, p in model.named_parameters() if p.grad is not None}
+
+
+def test_accumulation_1x8_equals_8x1(tiny, tokenizer):
+    feats = [tokenize_chat(tokenizer, c) for c in CONVOS]
+    pad = tokenizer.pad_token_id
+    a, b = copy.deepcopy(tiny), copy.deepcopy(tiny)
+    loss_a, _ = sft.accumulate_gradients(a, [collate(feats, pad)], "cpu")
+    loss_b, _ = sft.accumulate_gradients(b, [collate([f], pad) for f in feats], "cpu")
+    assert abs(loss_a - loss_b) < 1e-5
+    ga, gb = _grads(a), _grads(b)
+    assert ga.keys() == gb.keys() and ga
+    for k in ga:
+        assert torch.allclose(ga[k], gb[k], atol=1e-5, rtol=1e-4), k
+
+
+def _examples(n=16):
+    return [Example([{"role": "user", "content": f"Is item {i} in stock?"},
+                     {"role": "assistant", "content": "yes"}], "yes") for i in range(n)]
+
+
+def test_lora_training_changes_every_trainable_parameter_and_lowers_loss(tiny_lm_dir):
+    adapter = AdapterConfig(method="lora", r=4, alpha=8)
+    train = TrainConfig(epochs=4, batch_size=4, lr=5e-3, warmup_ratio=0.0, log_every=1, precision="fp32")
+    state = sft.setup(str(tiny_lm_dir), _examples(), _examples(4), adapter, train, seed=0)
+    before = {k: p.detach().clone() for k, p in state.model.named_parameters() if p.requires_grad}
+    frozen = {k: p.detach().clone() for k, p in state.model.named_parameters() if not p.requires_grad}
+    history = sft.fit(state, train)
+    after = dict(state.model.named_parameters())
+    unchanged = [k for k, v in before.items() if torch.equal(v, after[k])]
+    assert before and not unchanged, unchanged
+    assert all(torch.equal(v, after[k]) for k, v in frozen.items())  # the base stays frozen
+    losses = [r["loss"] for r in history if "loss" in r]
+    assert losses[-1] < losses[0]
+    assert all(p.dtype == torch.float32 for p in before.values())
+
+
+def test_tuned_model_stops_at_end_of_turn(tiny_lm_dir, tmp_path):
+    """The end-of-turn token is trained, so generation terminates instead of running to max_new_tokens."""
+    from tuneloop.evaluate.generate import generate
+
+    adapter = AdapterConfig(method="full")
+    train = TrainConfig(epochs=30, batch_size=8, lr=3e-3, warmup_ratio=0.0, log_every=10, precision="fp32")
+    state = sft.setup(str(tiny_lm_dir), _examples(), [], adapter, train, seed=0)
+    sft.fit(state, train)
+    sft.save(state, tmp_path)
+    prompt = [[{"role": "user", "content": "Is item 99 in stock?"}]]
+    out = state.model.generate(
+        torch.tensor([tokenize_chat(state.tokenizer, prompt[0] + [{"role": "assistant", "content": ""}])[0][:-2]]),
+        max_new_tokens=20, do_sample=False, eos_token_id=state.tokenizer.eos_token_id)
+    assert state.tokenizer.eos_token_id in out[0].tolist()
+    assert generate(state.model, state.tokenizer, prompt, max_new_tokens=20) == ["yes"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model"]  # full fine-tuning: no adapter/
+
+
+def test_dora_config_and_lr_schedules():
+    cfg = sft.build_peft_config(AdapterConfig(method="dora", r=8, target_modules="q_proj, v_proj"))
+    assert cfg.use_dora and cfg.r == 8 and set(cfg.target_modules) == {"q_proj", "v_proj"}
+    cos = sft.lr_lambda("cosine", warmup=2, total=10)
+    assert [round(cos(s), 3) for s in (0, 1, 2, 10)] == [0.5, 1.0, 1.0, 0.0]
+    lin = sft.lr_lambda("linear", warmup=0, total=4)
+    assert [lin(s) for s in range(5)] == [1.0, 0.75, 0.5, 0.25, 0.0]
+    assert sft.resolve_precision("fp32") == "fp32"
