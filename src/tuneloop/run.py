@@ -16,7 +16,8 @@ import yaml
 
 from tuneloop.config import RunConfig, to_dict
 
-# The run folder's contract (tested): every file and folder a finished run leaves at its top level.
+# The run folder's contract (tested): every file and folder a finished run leaves at its top level
+# (plus checkpoints/ when train.save_every > 0).
 RUN_FILES = ("README.md", "adapter", "config.yaml", "data", "metrics.json", "model", "report.html",
              "samples.jsonl", "train_log.jsonl")
 DATA_FILES = ("manifest.json", "rejected.jsonl", "test.jsonl", "train.jsonl", "validation.jsonl")
@@ -60,6 +61,7 @@ def preflight(cfg: RunConfig) -> None:
 
 def run(cfg: RunConfig) -> dict:
     from tuneloop.data.prepare import prepare
+    from tuneloop.errors import UserError
     from tuneloop.models.sources import load_causal_lm
     from tuneloop.report.html import write_report
     from tuneloop.report.model_card import write_model_card
@@ -69,9 +71,12 @@ def run(cfg: RunConfig) -> dict:
     start = time.time()
     timings: dict = {}
     out = Path(cfg.output_dir)
-    if out.exists():
+    if cfg.train.resume:
+        if not (out / "checkpoints").is_dir():
+            raise UserError(f"train.resume: no checkpoints in {out}/checkpoints to resume from")
+    elif out.exists():
         shutil.rmtree(out)
-    out.mkdir(parents=True)
+    out.mkdir(parents=True, exist_ok=True)
 
     t = time.time()
     base, tok, info = load_causal_lm(cfg.model.base, cfg.model.revision)
@@ -101,7 +106,7 @@ def run(cfg: RunConfig) -> dict:
                       cfg.seed, model=base if sft.resolve_precision(cfg.train.precision) == "fp32" else None)
     _say(f"training {cfg.adapter.method} for {state.total_steps} steps on {len(state.train)} examples "
          f"({state.precision})")
-    sft.fit(state, cfg.train, out / "train_log.jsonl")
+    sft.fit(state, cfg.train, out / "train_log.jsonl", out / "checkpoints")
     sft.save(state, out)
     timings["train_s"] = round(time.time() - t, 1)
 

@@ -21,6 +21,7 @@ import torch
 from tqdm.auto import tqdm
 
 from tuneloop.config import AdapterConfig, TrainConfig
+from tuneloop.train import checkpoint
 from tuneloop.train.batching import IGNORE, collate, length_grouped_batches, tokenize_chat
 
 
@@ -171,53 +172,93 @@ def evaluate_loss(state: TrainState, batch_size: int) -> float:
     return total / max(n, 1)
 
 
-def fit(state: TrainState, cfg: TrainConfig, log_path: Path | None = None) -> list:
-    """The training loop: accumulate, clip, step, log. Returns the list of logged records."""
+def fit(state: TrainState, cfg: TrainConfig, log_path: Path | None = None, ckpt_dir: Path | None = None) -> list:
+    """The training loop: accumulate, clip, step, log, validate, checkpoint. Returns the logged records.
+
+    With cfg.resume and a checkpoint in ckpt_dir, continues exactly where that checkpoint left off."""
     device = next(state.model.parameters()).device
     pad = state.tokenizer.pad_token_id
     params = [p for p in state.model.parameters() if p.requires_grad]
-    log = open(log_path, "a", encoding="utf-8") if log_path else None
-    bar = tqdm(total=state.total_steps, desc="train", unit="step", dynamic_ncols=True)
-    step, epoch, tokens_seen, t0 = 0, 0, 0, time.time()
-    window_loss, window_tokens, window_start = 0.0, 0, time.time()
-    while step < state.total_steps:
-        batches = length_grouped_batches([len(x[0]) for x in state.train], cfg.batch_size, state.seed + epoch)
-        for s in range(0, len(batches) - cfg.grad_accum + 1, cfg.grad_accum):
+    pos = {"step": 0, "epoch": 0, "batch": 0, "tokens": 0, "best_val": None, "bad_evals": 0}
+    if cfg.resume and ckpt_dir is not None and checkpoint.latest(ckpt_dir) is not None:
+        pos = checkpoint.load_checkpoint(checkpoint.latest(ckpt_dir), state)
+    log = _open_log(log_path, state.history)
+    bar = tqdm(total=state.total_steps, initial=pos["step"], desc="train", unit="step", dynamic_ncols=True)
+    t0, window = time.time(), {"loss": 0.0, "steps": 0, "tokens": 0, "start": time.time()}
+    stop = False
+    while pos["step"] < state.total_steps and not stop:
+        batches = length_grouped_batches([len(x[0]) for x in state.train], cfg.batch_size, state.seed + pos["epoch"])
+        for s in range(pos["batch"], len(batches) - cfg.grad_accum + 1, cfg.grad_accum):
             micro = [collate([state.train[i] for i in idx], pad) for idx in batches[s: s + cfg.grad_accum]]
             step_loss, n_tokens = accumulate_gradients(state.model, micro, device)
-            tokens_seen += n_tokens
-            window_tokens += n_tokens
             if cfg.max_grad_norm > 0:
                 torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
             state.optimizer.step()
             state.scheduler.step()
             state.optimizer.zero_grad(set_to_none=True)
-            step += 1
-            window_loss += step_loss
-            if step % cfg.log_every == 0 or step == state.total_steps:
-                n = cfg.log_every if step % cfg.log_every == 0 else step % cfg.log_every
-                rate = window_tokens / max(time.time() - window_start, 1e-9)
-                rec = {"step": step, "epoch": epoch, "loss": round(window_loss / n, 5),
-                       "lr": state.scheduler.get_last_lr()[0], "tokens": tokens_seen,
-                       "tokens_per_s": round(rate, 1), "elapsed_s": round(time.time() - t0, 2)}
-                state.history.append(rec)
-                if log:
-                    log.write(json.dumps(rec) + "\n")
-                    log.flush()
-                bar.set_postfix(loss=f"{rec['loss']:.4f}", tok_s=f"{rate:.0f}")
-                window_loss, window_tokens, window_start = 0.0, 0, time.time()
+            pos.update(step=pos["step"] + 1, batch=s + cfg.grad_accum, tokens=pos["tokens"] + n_tokens)
+            window.update(loss=window["loss"] + step_loss, steps=window["steps"] + 1,
+                          tokens=window["tokens"] + n_tokens)
+            last = pos["step"] >= state.total_steps
+            if pos["step"] % cfg.log_every == 0 or last:
+                _log_window(state, pos, window, t0, log, bar)
+            val = None
+            if cfg.eval_every and (pos["step"] % cfg.eval_every == 0) and not last:
+                val = evaluate_loss(state, cfg.batch_size)
+                _log(state, log, {"step": pos["step"], "val_loss": round(val, 5)})
+                stop = _early_stop(pos, val, cfg.patience)
+            if ckpt_dir is not None and cfg.save_every and pos["step"] % cfg.save_every == 0 and not last:
+                checkpoint.save_checkpoint(ckpt_dir, state, pos, cfg.keep_last, val)
             bar.update(1)
-            if step >= state.total_steps:
+            if last or stop:
                 break
-        epoch += 1
+        else:
+            pos.update(epoch=pos["epoch"] + 1, batch=0)
     bar.close()
     val = evaluate_loss(state, cfg.batch_size)
-    rec = {"step": step, "val_loss": round(val, 5), "elapsed_s": round(time.time() - t0, 2)}
+    _log(state, log, {"step": pos["step"], "val_loss": round(val, 5), "elapsed_s": round(time.time() - t0, 2),
+                      **({"early_stopped": True} if stop else {})})
+    if ckpt_dir is not None and cfg.save_every:
+        checkpoint.save_checkpoint(ckpt_dir, state, pos, cfg.keep_last, val)
+    if log:
+        log.close()
+    return state.history
+
+
+def _open_log(log_path: Path | None, history: list):
+    """The log file restarts from the (possibly restored) history, so a resumed run has no duplicate lines."""
+    if log_path is None:
+        return None
+    log = open(log_path, "w", encoding="utf-8")
+    for rec in history:
+        log.write(json.dumps(rec) + "\n")
+    return log
+
+
+def _log(state: TrainState, log, rec: dict) -> None:
     state.history.append(rec)
     if log:
         log.write(json.dumps(rec) + "\n")
-        log.close()
-    return state.history
+        log.flush()
+
+
+def _log_window(state: TrainState, pos: dict, window: dict, t0: float, log, bar) -> None:
+    rate = window["tokens"] / max(time.time() - window["start"], 1e-9)
+    rec = {"step": pos["step"], "epoch": pos["epoch"], "loss": round(window["loss"] / max(window["steps"], 1), 5),
+           "lr": state.scheduler.get_last_lr()[0], "tokens": pos["tokens"], "tokens_per_s": round(rate, 1),
+           "elapsed_s": round(time.time() - t0, 2)}
+    _log(state, log, rec)
+    bar.set_postfix(loss=f"{rec['loss']:.4f}", tok_s=f"{rate:.0f}")
+    window.update(loss=0.0, steps=0, tokens=0, start=time.time())
+
+
+def _early_stop(pos: dict, val: float, patience: int) -> bool:
+    """Track the best validation loss; True after `patience` evaluations without improvement."""
+    if pos["best_val"] is None or val < pos["best_val"]:
+        pos.update(best_val=val, bad_evals=0)
+        return False
+    pos["bad_evals"] += 1
+    return patience > 0 and pos["bad_evals"] >= patience
 
 
 def save(state: TrainState, run_dir: Path) -> None:
