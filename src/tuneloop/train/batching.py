@@ -2,6 +2,8 @@
 
     ids, labels = tokenize_chat(tok, [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}])
     # labels == -100 everywhere except the assistant's tokens and its end-of-turn token
+    batch = collate(features, pad_id)          # padded [B, T] + attention_mask
+    batch = collate_packed(features, pad_id)   # [1, sum T] + restarting position_ids (no padding at all)
 
 The mask comes from rendering the template incrementally (conversation up to turn i with the generation
 prompt, then through turn i) and checking that each rendering is a token prefix of the full one. No string
@@ -91,3 +93,17 @@ def collate(features: list, pad_id: int) -> dict:
         labels[b, : len(lab)] = torch.tensor(lab)
         attention[b, : len(ids)] = 1
     return {"input_ids": input_ids, "labels": labels, "attention_mask": attention}
+
+
+def collate_packed(features: list, pad_id: int) -> dict:
+    """Padding-free batch: the examples concatenated into one row, position ids restarting at 0 for each.
+
+    transformers turns restarting position_ids (with no attention_mask and no cache) into a block-diagonal
+    causal mask, so no token attends across examples. Shapes: [1, sum of lengths]. The first token of each
+    example is never a target, so the last token of one example does not learn to predict the next one."""
+    ids, labels, pos = [], [], []
+    for f_ids, f_labels in features:
+        ids += f_ids
+        labels += [IGNORE] + list(f_labels[1:])
+        pos += list(range(len(f_ids)))
+    return {"input_ids": torch.tensor([ids]), "labels": torch.tensor([labels]), "position_ids": torch.tensor([pos])}

@@ -22,7 +22,7 @@ from tqdm.auto import tqdm
 
 from tuneloop.config import AdapterConfig, TrainConfig
 from tuneloop.train import checkpoint
-from tuneloop.train.batching import IGNORE, collate, length_grouped_batches, tokenize_chat
+from tuneloop.train.batching import IGNORE, collate, collate_packed, length_grouped_batches, tokenize_chat
 
 
 @dataclass
@@ -130,7 +130,11 @@ def label_token_loss(model, batch: dict) -> tuple[torch.Tensor, int]:
 
     The body runs on all tokens; the LM head only on the positions whose next token is a label."""
     body, head = causal_lm_parts(model)
-    hidden = body(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).last_hidden_state  # [B,T,D]
+    if "position_ids" in batch:  # packed: block-diagonal attention from restarting position ids
+        hidden = body(input_ids=batch["input_ids"], position_ids=batch["position_ids"], use_cache=False)
+    else:
+        hidden = body(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False)
+    hidden = hidden.last_hidden_state  # [B, T, D]
     targets = batch["labels"][:, 1:]  # [B, T-1]: position t predicts token t+1
     keep = targets != IGNORE
     logits = head(hidden[:, :-1][keep]).float()  # [N_label, V]
@@ -149,7 +153,7 @@ def accumulate_gradients(model, micro: list, device) -> tuple[float, int]:
         loss_sum, _ = label_token_loss(model, _to(m, device))
         (loss_sum / n_labels).backward()
         step_loss += float(loss_sum.detach()) / n_labels
-        tokens += int(m["attention_mask"].sum())
+        tokens += int(m["attention_mask"].sum()) if "attention_mask" in m else m["input_ids"].numel()
     return step_loss, tokens
 
 
@@ -178,6 +182,7 @@ def fit(state: TrainState, cfg: TrainConfig, log_path: Path | None = None, ckpt_
     With cfg.resume and a checkpoint in ckpt_dir, continues exactly where that checkpoint left off."""
     device = next(state.model.parameters()).device
     pad = state.tokenizer.pad_token_id
+    make_batch = collate_packed if cfg.packing else collate
     params = [p for p in state.model.parameters() if p.requires_grad]
     pos = {"step": 0, "epoch": 0, "batch": 0, "tokens": 0, "best_val": None, "bad_evals": 0}
     if cfg.resume and ckpt_dir is not None and checkpoint.latest(ckpt_dir) is not None:
@@ -189,7 +194,7 @@ def fit(state: TrainState, cfg: TrainConfig, log_path: Path | None = None, ckpt_
     while pos["step"] < state.total_steps and not stop:
         batches = length_grouped_batches([len(x[0]) for x in state.train], cfg.batch_size, state.seed + pos["epoch"])
         for s in range(pos["batch"], len(batches) - cfg.grad_accum + 1, cfg.grad_accum):
-            micro = [collate([state.train[i] for i in idx], pad) for idx in batches[s: s + cfg.grad_accum]]
+            micro = [make_batch([state.train[i] for i in idx], pad) for idx in batches[s: s + cfg.grad_accum]]
             step_loss, n_tokens = accumulate_gradients(state.model, micro, device)
             if cfg.max_grad_norm > 0:
                 torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)

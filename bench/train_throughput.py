@@ -1,0 +1,205 @@
+"""Training throughput: tuneloop's LoRA loop vs TRL's SFTTrainer, same model, data, LoRA, steps and batch.
+
+    .venv/bin/python bench/train_throughput.py [--examples 256] [--steps 16] [--batch 8]
+    # -> bench/results/train_throughput.json   (needs `pip install trl==1.16.0 datasets`)
+
+Each configuration runs in its own subprocess so peak RSS is its own. Configurations:
+  trl_default      TRL SFTTrainer defaults on prompt-completion data (completion-only loss, padded batches)
+  trl_packed_bf16  TRL with padding-free packing and bf16
+  tuneloop         tuneloop's default loop (length-grouped batches, LM head only at label positions, precision auto)
+  tuneloop_packed  tuneloop with train.packing (padding-free rows)
+Also measured: this machine's fp32 / bf16 matmul GFLOP/s, and the achieved fraction of the compute limit
+(LoRA training ~ 4 x parameters FLOPs per token: forward 2, backward through frozen weights 2).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+RESULTS = Path(__file__).parent / "results" / "train_throughput.json"
+INSTRUCTION = ("Classify the sentiment of this customer tweet about an airline. "
+               "Answer with one word: negative, neutral or positive.")
+
+
+def matmul_gflops(dtype_name: str, n: int = 1024, reps: int = 20) -> float:
+    import torch
+
+    dtype = getattr(torch, {"fp32": "float32", "bf16": "bfloat16"}[dtype_name])
+    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
+    for _ in range(3):
+        a @ b
+    t = time.perf_counter()
+    for _ in range(reps):
+        a @ b
+    return 2 * n**3 * reps / (time.perf_counter() - t) / 1e9
+
+
+def load_rows(n: int, seed: int = 0) -> list:
+    """n real airline tweets as chat examples, via tuneloop's own data stage (no duplicates)."""
+    import random
+
+    from tuneloop.data.clean import clean_text
+    from tuneloop.data.formats import Example, read_airline_tweets
+
+    seen, rows = set(), []
+    for row in read_airline_tweets():
+        text = clean_text(row.fields["text"], single_line=True)
+        if text.lower() in seen:
+            continue
+        seen.add(text.lower())
+        rows.append(Example([{"role": "system", "content": INSTRUCTION}, {"role": "user", "content": text},
+                             {"role": "assistant", "content": row.fields["label"]}], row.fields["label"]))
+    random.Random(seed).shuffle(rows)
+    return rows[:n]
+
+
+def run_tuneloop(args, packed: bool) -> dict:
+    from tuneloop.config import AdapterConfig, TrainConfig
+    from tuneloop.models.sources import resolve
+    from tuneloop.train import sft
+
+    path = resolve("bundled:smollm2-135m-instruct").path
+    rows = load_rows(args.examples)
+    train = TrainConfig(max_steps=args.steps, batch_size=args.batch, lr=2e-4, warmup_ratio=0.0, log_every=1,
+                        packing=packed, schedule="linear")
+    state = sft.setup(path, rows, [], AdapterConfig(r=16, alpha=32, target_modules="all-linear"), train, seed=0)
+    t = time.perf_counter()
+    history = sft.fit(state, train)
+    seconds = time.perf_counter() - t
+    steps = [r for r in history if "loss" in r]
+    params = sum(p.numel() for p in state.model.parameters())
+    return {"tokens": steps[-1]["tokens"], "seconds": seconds, "final_loss": steps[-1]["loss"],
+            "params": params, "precision": state.precision}
+
+
+def run_trl(args, packed_bf16: bool) -> dict:
+    import torch
+    from datasets import Dataset
+    from peft import LoraConfig
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from trl import SFTConfig, SFTTrainer
+
+    from tuneloop.models.sources import resolve
+
+    path = resolve("bundled:smollm2-135m-instruct").path
+    rows = load_rows(args.examples)
+    data = Dataset.from_list([{"prompt": ex.messages[:-1], "completion": ex.messages[-1:]} for ex in rows])
+    tok = AutoTokenizer.from_pretrained(path)
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.bfloat16 if packed_bf16 else torch.float32)
+    tokens = {"n": 0}
+
+    cfg = SFTConfig(output_dir=os.path.join(args.tmp, "trl"), max_steps=args.steps,
+                    per_device_train_batch_size=args.batch, learning_rate=2e-4, lr_scheduler_type="linear",
+                    logging_steps=1, save_strategy="no", report_to=[], seed=0, use_cpu=True,
+                    packing=packed_bf16, padding_free=packed_bf16, bf16=packed_bf16, dataloader_num_workers=0)
+    trainer = SFTTrainer(model=model, args=cfg, train_dataset=data, processing_class=tok,
+                         peft_config=LoraConfig(r=16, lora_alpha=32, target_modules="all-linear",
+                                                task_type="CAUSAL_LM"))
+    collate = trainer.data_collator
+
+    def counting(features):  # non-pad tokens actually fed, counted as tuneloop counts them
+        batch = collate(features)
+        mask = batch.get("attention_mask")
+        tokens["n"] += int(mask.sum()) if mask is not None else int(batch["input_ids"].numel())
+        return batch
+
+    trainer.data_collator = counting
+    t = time.perf_counter()
+    trainer.train()
+    seconds = time.perf_counter() - t
+    losses = [r["loss"] for r in trainer.state.log_history if "loss" in r]
+    return {"tokens": tokens["n"], "seconds": seconds, "final_loss": losses[-1], "params": None,
+            "precision": "bf16" if packed_bf16 else "fp32"}
+
+
+RUNNERS = {
+    "trl_default": lambda a: run_trl(a, False),
+    "trl_packed_bf16": lambda a: run_trl(a, True),
+    "tuneloop": lambda a: run_tuneloop(a, False),
+    "tuneloop_packed": lambda a: run_tuneloop(a, True),
+}
+
+
+def child(args) -> None:
+    out = RUNNERS[args.child](args)
+    out["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print("RESULT " + json.dumps(out), flush=True)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--examples", type=int, default=256)
+    p.add_argument("--steps", type=int, default=16)
+    p.add_argument("--batch", type=int, default=8)
+    p.add_argument("--only", default=",".join(RUNNERS))
+    p.add_argument("--child", help=argparse.SUPPRESS)
+    p.add_argument("--tmp", default="/tmp/tuneloop-bench")
+    args = p.parse_args()
+    if args.child:
+        return child(args)
+    gflops = {"fp32": round(matmul_gflops("fp32"), 1), "bf16": round(matmul_gflops("bf16"), 1)}
+    print(f"matmul GFLOP/s: {gflops}")
+    results = {}
+    for name in args.only.split(","):
+        cmd = [sys.executable, __file__, "--child", name, "--examples", str(args.examples), "--steps",
+               str(args.steps), "--batch", str(args.batch), "--tmp", args.tmp]
+        proc = subprocess.run(cmd, capture_output=True, text=True)
+        line = [x for x in proc.stdout.splitlines() if x.startswith("RESULT ")]
+        if proc.returncode or not line:
+            print(f"{name}: failed\n{proc.stderr[-2000:]}")
+            continue
+        r = json.loads(line[0][7:])
+        r["tokens_per_s"] = r["tokens"] / r["seconds"]
+        results[name] = r
+        print(f"{name:16s} {r['tokens_per_s']:8.1f} tok/s  peak {r['peak_rss_mb']:7.0f} MB  "
+              f"loss {r['final_loss']:.4f}  ({r['precision']})")
+    params = next((r["params"] for r in results.values() if r.get("params")), 134_515_008)
+    best = results.get("tuneloop", {})
+    limit = gflops["bf16"] if best.get("precision") == "bf16" else gflops["fp32"]
+    out = {
+        "tokens_per_s": {k: round(v["tokens_per_s"], 1) for k, v in results.items()},
+        "peak_rss_mb": {k: round(v["peak_rss_mb"], 1) for k, v in results.items()},
+        "final_loss": {k: round(v["final_loss"], 5) for k, v in results.items()},
+        "speedup_vs_trl_default": (round(best["tokens_per_s"] / results["trl_default"]["tokens_per_s"], 3)
+                                   if best and "trl_default" in results else None),
+        "fraction_of_bf16_limit": (round(best["tokens_per_s"] * 4 * params / (gflops["bf16"] * 1e9), 3)
+                                   if best else None),
+        "fraction_of_own_precision_limit": (round(best["tokens_per_s"] * 4 * params / (limit * 1e9), 3)
+                                            if best else None),
+        "matmul_gflops": gflops,
+        "setup": {"examples": args.examples, "steps": args.steps, "global_batch": args.batch,
+                  "lora": "r=16, alpha=32, all-linear", "model": "bundled:smollm2-135m-instruct"},
+        "machine": {"cpu": platform.processor() or _cpu_model(), "cores": os.cpu_count(),
+                    "bf16_native": _bf16_native()},
+    }
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    RESULTS.write_text(json.dumps(out, indent=2))
+    print(json.dumps(out, indent=2))
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.machine()
+
+
+def _bf16_native() -> bool:
+    from tuneloop.train.sft import hardware_bf16
+
+    return hardware_bf16()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,283 @@
+"""Sequence classification with a head (encoder or decoder base), LoRA or full fine-tuning: setup -> fit -> save.
+
+    state = setup(resolve("bundled:minilm-l6").path, train_rows, val_rows, ["negative", "neutral", "positive"],
+                  cfg.adapter, cfg.train, seed=0)
+    history = fit(state, cfg.train, log_path=Path("runs/x/train_log.jsonl"))
+    predict(state, ["@united my bag never arrived"])   # -> ["negative"]
+    save(state, Path("runs/x"))     # adapter/ (peft, head included) and model/ (merged, plain transformers)
+    state = load(Path("runs/x/model"))                  # predict() again later
+
+Rows are `tuneloop.data.formats.Example`s: the input is the user turn (messages[-2]), the target is `.label`.
+The head is `AutoModelForSequenceClassification`'s: [CLS] pooling for BERT-style encoders, the last non-pad
+token for decoders (which is why a decoder's config must know the pad id). With LoRA the head is new, so it
+trains in full (peft SEQ_CLS puts it in modules_to_save) while the body gets low-rank adapters.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from tuneloop.config import AdapterConfig, TrainConfig
+from tuneloop.errors import UserError
+from tuneloop.train import checkpoint
+from tuneloop.train.batching import length_grouped_batches
+from tuneloop.train.sft import _early_stop, _log, _open_log, build_peft_config, lr_lambda, resolve_precision
+
+
+@dataclass
+class ClassifyState:
+    model: torch.nn.Module  # peft-wrapped (LoRA/DoRA + trainable head) or the plain model (full)
+    tokenizer: object
+    labels: list  # class index -> label string
+    optimizer: torch.optim.Optimizer | None  # None after load(): prediction only
+    scheduler: torch.optim.lr_scheduler.LRScheduler | None
+    train: list = field(default_factory=list)  # [(input_ids, class index)]
+    val: list = field(default_factory=list)
+    total_steps: int = 0
+    seed: int = 0
+    precision: str = "fp32"
+    history: list = field(default_factory=list)
+
+
+def row_text(ex) -> str:
+    """The classified input of a chat-shaped example: the user turn right before the answer."""
+    return ex.messages[-2]["content"] if len(ex.messages) >= 2 else ex.messages[-1]["content"]
+
+
+def resolve_labels(labels: list, rows: list) -> list:
+    """The configured label list, or the sorted labels seen in the data; every row's label must be in it."""
+    seen = sorted({ex.label for ex in rows if ex.label is not None})
+    labels = list(labels) or seen
+    unknown = [lab for lab in seen if lab not in labels]
+    if unknown:
+        raise UserError(f"labels {unknown} occur in the data but not in data.labels {labels}; add them or "
+                        "filter those rows")
+    if len(labels) < 2:
+        raise UserError(f"classification needs at least 2 labels, got {labels}; set data.labels")
+    return labels
+
+
+def encode(tok, rows: list, labels: list, max_tokens: int) -> list:
+    index = {lab: i for i, lab in enumerate(labels)}
+    missing = sum(ex.label is None for ex in rows)
+    if missing:
+        raise UserError(f"{missing} rows have no label; classification needs data.task: classification")
+    ids = tok([row_text(ex) for ex in rows], truncation=True, max_length=max_tokens)["input_ids"]
+    return [(x, index[ex.label]) for x, ex in zip(ids, rows)]
+
+
+def load_classifier(model_path: str, labels: list, dtype: torch.dtype, pad_token_id: int):
+    """AutoModelForSequenceClassification with a fresh head of len(labels) outputs and the pad id set."""
+    from transformers import AutoModelForSequenceClassification
+
+    try:
+        return AutoModelForSequenceClassification.from_pretrained(
+            model_path, num_labels=len(labels), id2label=dict(enumerate(labels)),
+            label2id={lab: i for i, lab in enumerate(labels)}, pad_token_id=pad_token_id, dtype=dtype)
+    except ValueError as e:  # an architecture without a sequence-classification class
+        raise UserError(f"{model_path}: no sequence-classification head for this architecture ({e})".splitlines()[0])
+
+
+def _cast_to_weight_dtype(module, args):
+    """Pre-hook for the fp32 trainable head behind a bf16 frozen body: cast its input, not the whole body."""
+    return tuple(a.to(module.weight.dtype) if torch.is_tensor(a) and a.is_floating_point() else a for a in args)
+
+
+def setup(model_path: str, train_rows: list, val_rows: list, labels: list, adapter: AdapterConfig,
+          train: TrainConfig, seed: int = 0, max_tokens: int = 256) -> ClassifyState:
+    """Load the base with a new head, attach the adapter, tokenize, build optimizer and schedule."""
+    from tuneloop.models.sources import load_tokenizer
+
+    torch.manual_seed(seed)  # the head's initialisation
+    if train.threads:
+        torch.set_num_threads(train.threads)
+    precision = resolve_precision(train.precision)
+    labels = resolve_labels(labels, train_rows + val_rows)
+    tok = load_tokenizer(model_path)
+    # Frozen body in bf16 where the hardware has it (LoRA only); trainable weights stay fp32.
+    dtype = torch.bfloat16 if precision == "bf16" and adapter.method != "full" else torch.float32
+    model = load_classifier(model_path, labels, dtype, tok.pad_token_id)
+    if adapter.method != "full":
+        from peft import get_peft_model
+
+        model = get_peft_model(model, build_peft_config(adapter, task_type="SEQ_CLS"))
+        for name, mod in model.named_modules():
+            if name.endswith("modules_to_save.default") and hasattr(mod, "weight"):
+                mod.register_forward_pre_hook(_cast_to_weight_dtype)
+        for p in model.parameters():
+            if p.requires_grad:
+                p.data = p.data.float()
+    model.to("cuda" if torch.cuda.is_available() else "cpu")
+    model.train()
+    tok_train, tok_val = encode(tok, train_rows, labels, max_tokens), encode(tok, val_rows, labels, max_tokens)
+    steps_per_epoch = max(1, math.ceil(len(tok_train) / train.batch_size) // train.grad_accum)
+    total = train.max_steps if train.max_steps > 0 else max(1, int(steps_per_epoch * train.epochs))
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=train.lr,
+                            weight_decay=train.weight_decay)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(train.schedule, int(total * train.warmup_ratio), total))
+    return ClassifyState(model, tok, labels, opt, sched, tok_train, tok_val, total, seed, precision)
+
+
+def collate(features: list, pad_id: int) -> dict:
+    """Right-pad [(input_ids, class)] to one batch: input_ids/attention_mask [B, T], labels [B]."""
+    width = max(len(ids) for ids, _ in features)
+    input_ids = torch.full((len(features), width), pad_id, dtype=torch.long)
+    attention = torch.zeros((len(features), width), dtype=torch.long)
+    for b, (ids, _) in enumerate(features):
+        input_ids[b, : len(ids)] = torch.tensor(ids)
+        attention[b, : len(ids)] = 1
+    return {"input_ids": input_ids, "attention_mask": attention,
+            "labels": torch.tensor([y for _, y in features], dtype=torch.long)}
+
+
+def logits_of(model, batch: dict) -> torch.Tensor:
+    """[B, num_labels] fp32 class scores."""
+    return model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits.float()
+
+
+def accumulate_gradients(model, micro: list, device) -> tuple[float, int]:
+    """Backward over one step's micro-batches; returns (mean cross-entropy, correct predictions).
+
+    Normalized by the step's example count, so accumulation splits give the same gradient."""
+    n = sum(len(m["labels"]) for m in micro)
+    step_loss, correct = 0.0, 0
+    for m in micro:
+        m = {k: v.to(device) for k, v in m.items()}
+        logits = logits_of(model, m)
+        loss = torch.nn.functional.cross_entropy(logits, m["labels"], reduction="sum")
+        (loss / n).backward()
+        step_loss += float(loss.detach()) / n
+        correct += int((logits.argmax(-1) == m["labels"]).sum())
+    return step_loss, correct
+
+
+@torch.no_grad()
+def evaluate(state: ClassifyState, batch_size: int) -> dict:
+    """{"val_loss", "val_accuracy"} over the validation split (NaN without one)."""
+    if not state.val:
+        return {"val_loss": float("nan"), "val_accuracy": float("nan")}
+    state.model.eval()
+    device = next(state.model.parameters()).device
+    loss, correct = 0.0, 0
+    for idx in length_grouped_batches([len(x[0]) for x in state.val], batch_size, seed=0):
+        m = {k: v.to(device) for k, v in collate([state.val[i] for i in idx], state.tokenizer.pad_token_id).items()}
+        logits = logits_of(state.model, m)
+        loss += float(torch.nn.functional.cross_entropy(logits, m["labels"], reduction="sum"))
+        correct += int((logits.argmax(-1) == m["labels"]).sum())
+    state.model.train()
+    return {"val_loss": round(loss / len(state.val), 5), "val_accuracy": round(correct / len(state.val), 4)}
+
+
+def fit(state: ClassifyState, cfg: TrainConfig, log_path: Path | None = None, ckpt_dir: Path | None = None) -> list:
+    """The loop: accumulate, clip, step, log loss/accuracy, validate, early-stop, checkpoint."""
+    device = next(state.model.parameters()).device
+    params = [p for p in state.model.parameters() if p.requires_grad]
+    pos = {"step": 0, "epoch": 0, "batch": 0, "best_val": None, "bad_evals": 0}
+    if cfg.resume and ckpt_dir is not None and checkpoint.latest(ckpt_dir) is not None:
+        pos = checkpoint.load_checkpoint(checkpoint.latest(ckpt_dir), state)
+    log, t0, stop = _open_log(log_path, state.history), time.time(), False
+    bar = tqdm(total=state.total_steps, initial=pos["step"], desc="classify", unit="step", dynamic_ncols=True)
+    window = {"loss": 0.0, "steps": 0, "correct": 0, "seen": 0}
+    while pos["step"] < state.total_steps and not stop:
+        batches = length_grouped_batches([len(x[0]) for x in state.train], cfg.batch_size, state.seed + pos["epoch"])
+        for s in range(pos["batch"], len(batches) - cfg.grad_accum + 1, cfg.grad_accum):
+            micro = [collate([state.train[i] for i in idx], state.tokenizer.pad_token_id)
+                     for idx in batches[s: s + cfg.grad_accum]]
+            step_loss, correct = accumulate_gradients(state.model, micro, device)
+            if cfg.max_grad_norm > 0:
+                torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
+            state.optimizer.step()
+            state.scheduler.step()
+            state.optimizer.zero_grad(set_to_none=True)
+            pos.update(step=pos["step"] + 1, batch=s + cfg.grad_accum)
+            window.update(loss=window["loss"] + step_loss, steps=window["steps"] + 1,
+                          correct=window["correct"] + correct, seen=window["seen"] + sum(len(m["labels"]) for m in micro))
+            last = pos["step"] >= state.total_steps
+            if pos["step"] % cfg.log_every == 0 or last:
+                rec = {"step": pos["step"], "epoch": pos["epoch"], "loss": round(window["loss"] / window["steps"], 5),
+                       "accuracy": round(window["correct"] / window["seen"], 4),
+                       "lr": state.scheduler.get_last_lr()[0], "elapsed_s": round(time.time() - t0, 2)}
+                _log(state, log, rec)
+                bar.set_postfix(loss=f"{rec['loss']:.4f}", acc=f"{rec['accuracy']:.2f}")
+                window = {"loss": 0.0, "steps": 0, "correct": 0, "seen": 0}
+            val = None
+            if cfg.eval_every and pos["step"] % cfg.eval_every == 0 and not last:
+                metrics = evaluate(state, cfg.batch_size)
+                _log(state, log, {"step": pos["step"], **metrics})
+                val, stop = metrics["val_loss"], _early_stop(pos, metrics["val_loss"], cfg.patience)
+            if ckpt_dir is not None and cfg.save_every and pos["step"] % cfg.save_every == 0 and not last:
+                checkpoint.save_checkpoint(ckpt_dir, state, pos, cfg.keep_last, val)
+            bar.update(1)
+            if last or stop:
+                break
+        else:
+            pos.update(epoch=pos["epoch"] + 1, batch=0)
+    bar.close()
+    metrics = evaluate(state, cfg.batch_size)
+    _log(state, log, {"step": pos["step"], **metrics, "elapsed_s": round(time.time() - t0, 2),
+                      **({"early_stopped": True} if stop else {})})
+    if ckpt_dir is not None and cfg.save_every:
+        checkpoint.save_checkpoint(ckpt_dir, state, pos, cfg.keep_last, metrics["val_loss"])
+    if log:
+        log.close()
+    return state.history
+
+
+@torch.no_grad()
+def predict_logits(state: ClassifyState, texts: list, batch_size: int = 32, max_tokens: int = 256) -> torch.Tensor:
+    """[len(texts), num_labels] fp32 scores, in input order (batches sorted by length for little padding)."""
+    was_training = state.model.training
+    state.model.eval()
+    device = next(state.model.parameters()).device
+    ids = state.tokenizer(list(texts), truncation=True, max_length=max_tokens)["input_ids"]
+    out = torch.zeros(len(texts), len(state.labels))
+    order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
+    for s in range(0, len(order), batch_size):
+        idx = order[s: s + batch_size]
+        batch = collate([(ids[i], 0) for i in idx], state.tokenizer.pad_token_id)
+        out[idx] = logits_of(state.model, {k: v.to(device) for k, v in batch.items()}).cpu()
+    state.model.train(was_training)
+    return out
+
+
+def predict(state: ClassifyState, texts: list, batch_size: int = 32) -> list:
+    """Label strings for raw input texts."""
+    return [state.labels[i] for i in predict_logits(state, texts, batch_size).argmax(-1).tolist()]
+
+
+def save(state: ClassifyState, run_dir: Path) -> None:
+    """adapter/ (peft: LoRA weights + the trained head) and model/ (merged; AutoModelForSequenceClassification
+    loads it, with id2label naming the classes)."""
+    model = state.model
+    model.eval()
+    if hasattr(model, "merge_and_unload"):
+        model.save_pretrained(run_dir / "adapter")
+        state.tokenizer.save_pretrained(run_dir / "adapter")
+        model = model.merge_and_unload()
+    model = model.to(torch.float32)
+    model.save_pretrained(run_dir / "model")
+    state.tokenizer.save_pretrained(run_dir / "model")
+    (run_dir / "model" / "labels.json").write_text(json.dumps(state.labels))
+    state.model = model
+
+
+def load(model_dir: Path) -> ClassifyState:
+    """A saved model/ folder -> a prediction-only state."""
+    from transformers import AutoModelForSequenceClassification
+
+    from tuneloop.models.sources import load_tokenizer
+
+    model_dir = Path(model_dir)
+    if not (model_dir / "labels.json").is_file():
+        raise UserError(f"{model_dir} is not a saved classifier (no labels.json); pass the run's model/ folder")
+    model = AutoModelForSequenceClassification.from_pretrained(model_dir, dtype=torch.float32)
+    model.eval()
+    labels = json.loads((model_dir / "labels.json").read_text())
+    return ClassifyState(model, load_tokenizer(str(model_dir)), labels, None, None)
