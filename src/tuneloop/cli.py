@@ -59,9 +59,17 @@ def cmd_config(args: list) -> int:
     return 0
 
 
+def cmd_serve(args: list) -> int:
+    """Serve a run or model behind an OpenAI-compatible API (chat, completions, embeddings, adapters)."""
+    from tuneloop.serve.cli import cmd_serve as serve
+
+    return serve(args)
+
+
 COMMANDS = {
     "run": cmd_run,
     "chat": cmd_chat,
+    "serve": cmd_serve,
     "config": cmd_config,
 }
 
