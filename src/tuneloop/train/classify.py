@@ -65,6 +65,8 @@ def resolve_labels(labels: list, rows: list) -> list:
 
 
 def encode(tok, rows: list, labels: list, max_tokens: int) -> list:
+    if not rows:
+        return []
     index = {lab: i for i, lab in enumerate(labels)}
     missing = sum(ex.label is None for ex in rows)
     if missing:
@@ -197,8 +199,9 @@ def fit(state: ClassifyState, cfg: TrainConfig, log_path: Path | None = None, ck
             state.scheduler.step()
             state.optimizer.zero_grad(set_to_none=True)
             pos.update(step=pos["step"] + 1, batch=s + cfg.grad_accum)
+            seen = sum(len(m["labels"]) for m in micro)
             window.update(loss=window["loss"] + step_loss, steps=window["steps"] + 1,
-                          correct=window["correct"] + correct, seen=window["seen"] + sum(len(m["labels"]) for m in micro))
+                          correct=window["correct"] + correct, seen=window["seen"] + seen)
             last = pos["step"] >= state.total_steps
             if pos["step"] % cfg.log_every == 0 or last:
                 rec = {"step": pos["step"], "epoch": pos["epoch"], "loss": round(window["loss"] / window["steps"], 5),
@@ -233,6 +236,8 @@ def fit(state: ClassifyState, cfg: TrainConfig, log_path: Path | None = None, ck
 @torch.no_grad()
 def predict_logits(state: ClassifyState, texts: list, batch_size: int = 32, max_tokens: int = 256) -> torch.Tensor:
     """[len(texts), num_labels] fp32 scores, in input order (batches sorted by length for little padding)."""
+    if not texts:
+        return torch.zeros(0, len(state.labels))
     was_training = state.model.training
     state.model.eval()
     device = next(state.model.parameters()).device
