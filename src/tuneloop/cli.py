@@ -66,10 +66,34 @@ def cmd_serve(args: list) -> int:
     return serve(args)
 
 
+def cmd_eval(args: list) -> int:
+    """Evaluate a model, run folder or endpoint on a test file (metrics, bias audit, report)."""
+    from tuneloop.evaluate.cli import cmd_eval as run_eval
+
+    return run_eval(args)
+
+
+def cmd_compare(args: list) -> int:
+    """Compare two models on a test file with CIs and a regression gate (exit 1 when the gate fails)."""
+    from tuneloop.evaluate.cli import cmd_compare as run_compare
+
+    return run_compare(args)
+
+
+def cmd_export(args: list) -> int:
+    """Export a run as merged safetensors or GGUF, with a parity check against the trained model."""
+    from tuneloop.export.cli import cmd_export as run_export
+
+    return run_export(args)
+
+
 COMMANDS = {
     "run": cmd_run,
+    "eval": cmd_eval,
+    "compare": cmd_compare,
     "chat": cmd_chat,
     "serve": cmd_serve,
+    "export": cmd_export,
     "config": cmd_config,
 }
 

@@ -100,6 +100,9 @@ def run(cfg: RunConfig) -> dict:
         results["base"], answers["base"] = evaluate_model(base, tok, test, cfg, "eval base")
         timings["eval_base_s"] = round(time.time() - t, 1)
         _say(_fmt("base", results["base"]))
+    bias: dict = {}
+    if cfg.eval.bias and cfg.eval.evaluate_base:  # before training: peft wraps the base model in place
+        bias["base"] = _bias(base, tok, test, cfg, answers["base"], timings, "base")
 
     t = time.time()
     state = sft.setup(info.path, data.splits["train"], data.splits["validation"], cfg.adapter, cfg.train,
@@ -114,19 +117,63 @@ def run(cfg: RunConfig) -> dict:
     results["tuned"], answers["tuned"] = evaluate_model(state.model, tok, test, cfg, "eval tuned")
     timings["eval_tuned_s"] = round(time.time() - t, 1)
     _say(_fmt("tuned", results["tuned"]))
+    if "base" in bias:
+        bias["tuned"] = _bias(state.model, tok, test, cfg, answers["tuned"], timings, "tuned")
+    extra = _comparison(cfg, data.splits["train"], test, answers, bias, timings)
 
     timings["total_s"] = round(time.time() - start, 1)
     metrics = {k: {m: v for m, v in r.items() if m != "predictions"} for k, r in results.items()}
+    metrics.update(extra["metrics"])
     metrics.update({"task": cfg.data.task, "labels": cfg.data.labels, "base_model": info.spec,
                     "data_sha256": data.manifest["data_sha256"], "timings": timings,
                     "train": {"steps": state.total_steps, "examples": len(state.train), "precision": state.precision,
                               "final_val_loss": state.history[-1].get("val_loss")}})
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
     _write_samples(out / "samples.jsonl", test, answers, results, cfg.eval.samples)
-    write_report(out, metrics, state.history, data.manifest)
+    write_report(out, metrics, state.history, data.manifest, extra["bias_report"])
     write_model_card(out, cfg, info, metrics, data.manifest)
     _say(f"done in {timings['total_s']:.0f}s: {out}")
     return metrics
+
+
+def _bias(model, tok, test: list, cfg: RunConfig, answers: list, timings: dict, name: str) -> dict:
+    from tuneloop.evaluate.bias import BiasSizes, bias_audit
+
+    t = time.time()
+    sizes = BiasSizes(counterfactual=cfg.eval.bias_counterfactual, crows_pairs=cfg.eval.bias_crows_pairs,
+                      bbq=cfg.eval.bias_bbq, batch_size=cfg.eval.batch_size)
+    labels = cfg.data.labels if cfg.data.task == "classification" else None
+    audit = bias_audit(model, tok, test, labels, seed=cfg.seed, sizes=sizes, original_answers=answers)
+    timings[f"bias_{name}_s"] = round(time.time() - t, 1)
+    _say(f"bias {name}: " + ", ".join(f"{k}={v.get('score')} (n={v.get('n')})" for k, v in audit.items()))
+    return audit
+
+
+def _comparison(cfg: RunConfig, train: list, test: list, answers: dict, bias: dict, timings: dict) -> dict:
+    """Deltas with paired-bootstrap CIs, McNemar, the cheap reference baseline and bias deltas."""
+    from tuneloop.evaluate.bias import public
+    from tuneloop.evaluate.compare import bias_deltas, compare_predictions
+
+    out: dict = {}
+    labels = cfg.data.labels if cfg.data.task == "classification" else None
+    refs = [ex.label if labels else ex.messages[-1]["content"] for ex in test]
+    if "base" in answers:
+        cmp = compare_predictions(refs, answers["base"], answers["tuned"], labels, seed=cfg.seed, task=cfg.data.task)
+        out.update(delta=cmp["delta"], mcnemar=cmp["mcnemar"], diffs=cmp["diffs"])
+    if cfg.eval.reference and labels:
+        from tuneloop.evaluate.reference import reference_baseline
+
+        t = time.time()
+        ref = reference_baseline(train, test, labels, seed=cfg.seed)
+        out["reference"] = {k: v for k, v in ref.items() if k not in ("answers", "predictions")}
+        timings["reference_s"] = round(time.time() - t, 1)
+        _say(_fmt("reference", {**out["reference"], "examples_per_s": "-"}))
+    bias_report = None
+    if "tuned" in bias:
+        out["bias"] = bias_deltas(bias["base"], bias["tuned"], seed=cfg.seed)
+        bias_report = {"base": bias["base"], "tuned": bias["tuned"], "delta": out["bias"]}
+        out["bias_detail"] = {k: public(v) for k, v in bias.items()}
+    return {"metrics": out, "bias_report": bias_report}
 
 
 def _fmt(name: str, m: dict) -> str:

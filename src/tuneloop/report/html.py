@@ -68,7 +68,9 @@ def confusion_table(m: dict) -> str:
     return _table(rows, [""] + [f"pred {lab}" for lab in labels])
 
 
-def write_report(run_dir: Path, metrics: dict, history: list, manifest: dict) -> Path:
+def write_report(run_dir: Path, metrics: dict, history: list, manifest: dict, bias: dict | None = None) -> Path:
+    from tuneloop.report.eval_html import bias_section, metric_section  # it builds on this module's helpers
+
     models = [k for k in ("base", "tuned") if k in metrics]
     rows = [[m] + [f"{metrics[k][m]:.3f}" for k in models] +
             ([f"{metrics['tuned'][m] - metrics['base'][m]:+.3f}"] if len(models) == 2 else [])
@@ -85,12 +87,16 @@ def write_report(run_dir: Path, metrics: dict, history: list, manifest: dict) ->
         f"<code>{metrics.get('data_sha256', '')[:16]}</code>, {metrics['train']['steps']} steps on "
         f"{metrics['train']['examples']} examples ({metrics['train']['precision']}), "
         f"total {metrics['timings']['total_s']:.0f} s.</p>",
-        "<h2>Base vs tuned on the held-out test split</h2>", _table(rows, header), metric_chart(metrics, models),
+        "<h2>Base vs tuned on the held-out test split</h2>",
+        metric_section(metrics) if "delta" in metrics else _table(rows, header) + metric_chart(metrics, models),
         "<h2>Training</h2>", loss_chart(history),
         "<h2>Confusion matrices</h2>",
         "".join(f"<h3>{k}</h3>{confusion_table(metrics[k])}" for k in models),
         "<h2>Data</h2>", _table(funnel, ["stage", "rows"]), _table(splits, ["split", "rows", "labels"]),
+        "<p>Full data report: <a href='data/report.html'>data/report.html</a>.</p>",
     ]
+    if bias:
+        parts[8:8] = ["<h2>Bias audit</h2>", bias_section(bias)]
     style = ("body{font-family:system-ui,sans-serif;max-width:900px;margin:2em auto;color:#222}"
              "table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:4px 10px;"
              "text-align:right}th{background:#f4f4f4}code{background:#f4f4f4;padding:1px 4px}")
