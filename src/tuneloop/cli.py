@@ -59,6 +59,17 @@ def cmd_config(args: list) -> int:
     return 0
 
 
+def cmd_data(args: list) -> int:
+    """Data stage: `inspect FILE`, `prepare CONFIG|FILE --out DIR`, `from-feedback DB --out FILE`."""
+    if args and args[0] == "from-feedback":  # served exchanges back into training data
+        from tuneloop.serve.feedback import cmd_from_feedback
+
+        return cmd_from_feedback(args[1:])
+    from tuneloop.data.cli import cmd_data as data
+
+    return data(args)
+
+
 def cmd_serve(args: list) -> int:
     """Serve a run or model behind an OpenAI-compatible API (chat, completions, embeddings, adapters)."""
     from tuneloop.serve.cli import cmd_serve as serve
@@ -89,6 +100,7 @@ def cmd_export(args: list) -> int:
 
 COMMANDS = {
     "run": cmd_run,
+    "data": cmd_data,
     "eval": cmd_eval,
     "compare": cmd_compare,
     "chat": cmd_chat,

@@ -118,6 +118,12 @@ class EvalConfig:
     batch_size: int = doc("Prompts per generation batch.", 32)
     evaluate_base: bool = doc("Also evaluate the base model, for the base-vs-tuned comparison.", True)
     samples: int = doc("Rows written to samples.jsonl (-1 = all).", -1)
+    reference: bool = doc("Classification: also score frozen MiniLM embeddings + logistic regression trained on "
+                          "the same training split, to show when an LLM fine-tune is not worth it.", True)
+    bias: bool = doc("Bias audit of base and tuned: counterfactual identity swaps, CrowS-Pairs, BBQ.", True)
+    bias_counterfactual: int = doc("Counterfactual probe items (0 = off).", 24)
+    bias_crows_pairs: int = doc("CrowS-Pairs items (0 = off).", 40)
+    bias_bbq: int = doc("BBQ items (0 = off).", 24)
 
 
 @dataclass
@@ -257,6 +263,12 @@ def load_config(path: str | Path | None, overrides: list[str] | None = None) -> 
     return from_dict(_merge(raw, parse_overrides(overrides or [])))
 
 
+def _formats() -> tuple:
+    from tuneloop.data.formats import FORMATS
+
+    return FORMATS
+
+
 def validate(cfg: RunConfig) -> None:
     """Cross-field checks; each names the key the user would change."""
     checks = [
@@ -268,7 +280,7 @@ def validate(cfg: RunConfig) -> None:
         (cfg.train.lr > 0, "train.lr must be > 0"),
         (cfg.adapter.r >= 1, "adapter.r must be >= 1"),
         (cfg.data.task in ("classification", "generation"), "data.task must be classification or generation"),
-        (cfg.data.format in ("auto", "chat", "classification"), "data.format must be auto, chat or classification"),
+        (cfg.data.format in _formats(), f"data.format must be one of {', '.join(_formats())}"),
         (all(s > 0 for s in (cfg.data.train_size, cfg.data.test_size)), "data.train_size and data.test_size must be > 0"),
     ]
     for ok, msg in checks:

@@ -20,7 +20,8 @@ from tuneloop.config import RunConfig, to_dict
 # (plus checkpoints/ when train.save_every > 0).
 RUN_FILES = ("README.md", "adapter", "config.yaml", "data", "metrics.json", "model", "report.html",
              "samples.jsonl", "train_log.jsonl")
-DATA_FILES = ("manifest.json", "rejected.jsonl", "test.jsonl", "train.jsonl", "validation.jsonl")
+DATA_FILES = ("dropped.jsonl", "manifest.json", "rejected.jsonl", "report.html", "test.jsonl", "train.jsonl",
+              "validation.jsonl")
 
 
 def _say(msg: str) -> None:

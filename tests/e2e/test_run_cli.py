@@ -32,7 +32,7 @@ def run_dir(tiny_lm_dir, tmp_path_factory):
             lab = LABELS[i % 3]
             w.writerow([f"@airline {WORDS[lab].split()[i % 4]} number {i}", lab])
         w.writerow(["", "negative"])  # rejected: empty text
-        w.writerow(["@airline great number 3", "positive"])  # dropped: duplicate
+        w.writerow(["@airline  LOVE number 2", "positive"])  # dropped: duplicate of line 4 (case, spaces)
     cfg = {"name": "tiny", "output_dir": str(tmp / "run"), "seed": 0,
            "data": {"source": str(tmp / "tweets.csv"), "labels": LABELS, "instruction": "Sentiment?",
                     "train_size": 36, "validation_size": 6, "test_size": 12},
@@ -53,14 +53,20 @@ def test_run_folder_has_exactly_the_documented_files(run_dir):
 
 def test_metrics_and_samples(run_dir):
     m = json.loads((run_dir / "metrics.json").read_text())
-    for name in ("base", "tuned"):
+    for name in ("base", "tuned", "reference"):
         assert {"n", "accuracy", "macro_f1", "invalid_rate"} <= m[name].keys()
         assert m[name]["n"] == 12
+    lo, hi = m["delta"]["macro_f1"]["ci95"]
+    assert lo <= m["delta"]["macro_f1"]["value"] <= hi
+    assert {"counterfactual", "crows_pairs", "bbq"} <= m["bias"].keys()
+    assert all({"base", "tuned", "n"} <= v.keys() for v in m["bias"].values())
     samples = [json.loads(x) for x in (run_dir / "samples.jsonl").read_text().splitlines()]
     assert len(samples) == 12 and {"input", "reference", "base_answer", "tuned_answer"} <= samples[0].keys()
     manifest = json.loads((run_dir / "data" / "manifest.json").read_text())
     c = manifest["counts"]
-    assert c["input"] == 62 and c["rejected"] == {"empty_content": 1} and c["dropped"]["duplicate"] == 1
+    assert c["input"] == 62 and sum(c["rejected"].values()) == 1 and c["dropped"]["duplicate"] == 1
+    rejected = [json.loads(x) for x in (run_dir / "data" / "rejected.jsonl").read_text().splitlines()]
+    assert len(rejected) == 1 and rejected[0]["line"] == 62 and rejected[0]["field"] == "text"
     assert c["input"] == c["kept"] + sum(c["rejected"].values()) + sum(c["dropped"].values())
     log = [json.loads(x) for x in (run_dir / "train_log.jsonl").read_text().splitlines()]
     assert log[-1]["val_loss"] > 0 and any("tokens_per_s" in r for r in log)

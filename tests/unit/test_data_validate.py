@@ -1,0 +1,165 @@
+"""Every validation rule id has an input that triggers it; strict mode; nothing lost for arbitrary mixes."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from tuneloop.config import DataConfig
+from tuneloop.data.prepare import prepare
+from tuneloop.data.validate import DROP_REASONS, RULES
+from tuneloop.errors import UserError
+
+U = {"role": "user", "content": "Where is my bag?"}
+A = {"role": "assistant", "content": "In Denver."}
+# rule id -> (file suffix, raw file text, format, labels); one offending row each (plus one good row)
+TRIGGERS = {
+    "invalid_json": (".jsonl", '{"messages": [\n', "chat", []),
+    "invalid_utf8": (".jsonl", b'{"messages": "\xff\xfe"}\n', "chat", []),
+    "not_an_object": (".jsonl", "[1, 2]\n", "chat", []),
+    "row_too_large": (".jsonl", json.dumps({"messages": [U, {"role": "assistant", "content": "x" * 2000}]}) + "\n",
+                      "chat", []),
+    "csv_column_count": (".csv", "text,label\nhello,pos,extra\n", "classification", []),
+    "missing_field": (".jsonl", json.dumps({"prompt": "hi"}) + "\n", "prompt_completion", []),
+    "wrong_type": (".jsonl", json.dumps({"conversations": "hi"}) + "\n", "sharegpt", []),
+    "unknown_label": (".jsonl", json.dumps({"text": "hi", "label": "maybe"}) + "\n", "classification", ["yes", "no"]),
+    "invalid_number": (".jsonl", json.dumps({"text": "hi", "label": "yes", "confidence": "high"}) + "\n",
+                       "classification", []),
+    "preference_identical": (".jsonl", json.dumps({"prompt": "hi", "chosen": "same", "rejected": "same"}) + "\n",
+                             "preference", []),
+    "messages_missing": (".jsonl", json.dumps({"messages": []}) + "\n", "chat", []),
+    "message_not_object": (".jsonl", json.dumps({"messages": ["hi", A]}) + "\n", "chat", []),
+    "message_missing_key": (".jsonl", json.dumps({"messages": [{"role": "user"}, A]}) + "\n", "chat", []),
+    "message_unrecognized_key": (".jsonl", json.dumps({"messages": [{**U, "mood": "angry"}, A]}) + "\n", "chat", []),
+    "invalid_role": (".jsonl", json.dumps({"messages": [{"role": "human", "content": "hi"}, A]}) + "\n", "chat", []),
+    "content_not_string": (".jsonl", json.dumps({"messages": [{"role": "user", "content": 5}, A]}) + "\n", "chat", []),
+    "no_assistant_message": (".jsonl", json.dumps({"messages": [U]}) + "\n", "chat", []),
+    "invalid_weight": (".jsonl", json.dumps({"messages": [U, {**A, "weight": 0.5}]}) + "\n", "chat", []),
+    "empty_content": (".jsonl", json.dumps({"messages": [{"role": "user", "content": " \u200b\x07 "}, A]}) + "\n",
+                      "chat", []),
+    "role_order": (".jsonl", json.dumps({"messages": [U, {"role": "system", "content": "late"}, A]}) + "\n",
+                   "chat", []),
+    "last_not_assistant": (".jsonl", json.dumps({"messages": [U, A, U]}) + "\n", "chat", []),
+}
+GOOD = {"chat": {"messages": [U, A]}, "classification": {"text": "fine", "label": "yes"},
+        "prompt_completion": {"prompt": "hi", "completion": "hello"}, "sharegpt": {"conversations": [
+            {"from": "human", "value": "hi"}, {"from": "gpt", "value": "hello"}]},
+        "preference": {"prompt": "hi", "chosen": "hello", "rejected": "go away"}}
+
+
+def test_every_rule_has_a_trigger():
+    assert set(TRIGGERS) == set(RULES)
+
+
+def _cfg(path: Path, fmt: str, labels: list, **kw) -> DataConfig:
+    base = dict(source=str(path), format=fmt, labels=labels, max_row_bytes=1000, train_size=1, validation_size=0,
+                test_size=0, task="classification" if fmt == "classification" else "generation")
+    return DataConfig(**{**base, **kw})
+
+
+def _write(tmp_path: Path, rule: str) -> tuple[Path, str, list]:
+    suffix, bad, fmt, labels = TRIGGERS[rule]
+    good = GOOD[fmt]
+    p = tmp_path / f"{rule}{suffix}"
+    if suffix == ".csv":
+        p.write_text(bad + f"{good['text']},{good['label']}\n")
+    else:
+        p.write_bytes((bad if isinstance(bad, bytes) else bad.encode()) + (json.dumps(good) + "\n").encode())
+    return p, fmt, labels
+
+
+@pytest.mark.parametrize("rule", sorted(TRIGGERS))
+def test_rule_triggers(tmp_path, rule):
+    p, fmt, labels = _write(tmp_path, rule)
+    res = prepare(_cfg(p, fmt, labels or (["yes"] if fmt == "classification" else [])), None, tmp_path / "o", 0)
+    assert res.ledger.rejected == {rule: 1} and res.ledger.kept == 1
+    rec = json.loads((tmp_path / "o" / "rejected.jsonl").read_text().splitlines()[0])
+    assert rec["rule"] == rule and rec["file"] == str(p) and rec["line"] == (2 if p.suffix == ".csv" else 1) and rec["message"]
+
+
+@pytest.mark.parametrize("rule", ["role_order", "invalid_json"])
+def test_strict_fails_on_first_error(tmp_path, rule):
+    p, fmt, labels = _write(tmp_path, rule)
+    with pytest.raises(UserError, match=rf"{p.name}:1: \[{rule}\]"):
+        prepare(_cfg(p, fmt, labels, strict=True), None, tmp_path / "o", 0)
+
+
+def test_ten_megabyte_line_is_rejected_not_a_crash(tmp_path):
+    p = tmp_path / "big.jsonl"
+    big = json.dumps({"messages": [U, {"role": "assistant", "content": "y" * 10_000_000}]})
+    p.write_text(big + "\n" + json.dumps(GOOD["chat"]) + "\n")
+    res = prepare(DataConfig(source=str(p), task="generation", train_size=1, validation_size=0, test_size=0),
+                  None, tmp_path / "o", 0)
+    assert res.ledger.rejected == {"row_too_large": 1} and res.ledger.kept == 1
+    assert (tmp_path / "o" / "rejected.jsonl").stat().st_size < 10_000
+
+
+def test_csv_ten_megabyte_field(tmp_path):
+    p = tmp_path / "big.csv"
+    p.write_text("text,label\n" + '"' + "z" * 10_000_000 + '",yes\nfine,yes\n')
+    res = prepare(DataConfig(source=str(p), train_size=1, validation_size=0, test_size=0), None, tmp_path / "o", 0)
+    assert res.ledger.rejected == {"row_too_large": 1}
+
+
+def test_drop_reasons_and_quality_rules(tmp_path, tokenizer):
+    rows = [{"messages": [{"role": "user", "content": c}, {"role": "assistant", "content": "ok"}]} for c in [
+        "the bag arrived late at the gate today",     # kept
+        "The bag  arrived late at the gate today",    # duplicate (case/whitespace)
+        "the bag arrived late at the gate today!!",   # near duplicate
+        "hi",                                         # quality:min_chars
+        "%%%% #### 1234 5678 //// ----",              # quality:alpha_ratio
+        "spam\nspam\nspam\nspam\nspam\nspam",          # quality:repeated_lines
+        "word " * 300,                                # too_long
+    ]]
+    p = tmp_path / "d.jsonl"
+    p.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    cfg = DataConfig(source=str(p), task="generation", min_chars=8, min_alpha_ratio=0.5, max_repeated_lines=0.5,
+                     max_tokens=200, train_size=1, validation_size=0, test_size=0)
+    res = prepare(cfg, tokenizer, tmp_path / "o", 0)
+    assert res.ledger.kept == 1
+    assert dict(res.ledger.dropped) == {"duplicate": 1, "near_duplicate": 1, "quality:min_chars": 1,
+                                        "quality:alpha_ratio": 1, "quality:repeated_lines": 1, "too_long": 1}
+    assert set(res.ledger.dropped) <= set(DROP_REASONS)
+    log = [json.loads(x) for x in (tmp_path / "o" / "dropped.jsonl").read_text().splitlines()]
+    assert {"line": 2, "source": str(p), "reason": "duplicate", "of_line": 1} in log
+    assert any(r["reason"] == "near_duplicate" and r["line"] == 3 and r["of_line"] == 1 for r in log)
+    assert len(log) == sum(res.ledger.dropped.values())
+
+
+ROW_KINDS = st.sampled_from(["good", "dup", "bad_json", "no_assistant", "empty", "short", "label"])
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(kinds=st.lists(ROW_KINDS, min_size=1, max_size=30), seed=st.integers(0, 3))
+def test_kept_rejected_dropped_add_up(tmp_path_factory, kinds, seed):
+    tmp = tmp_path_factory.mktemp("prop")
+    lines = []
+    for i, k in enumerate(kinds):
+        text = {"good": f"row number {i} says the flight {i * 13} was late", "dup": "the same text every time",
+                "short": "a", "empty": "   ", "no_assistant": "x", "bad_json": "", "label": "x"}[k]
+        if k == "bad_json":
+            lines.append('{"text": ')
+        elif k == "no_assistant":
+            lines.append(json.dumps({"text": text}))
+        else:
+            lines.append(json.dumps({"text": text, "label": "maybe" if k == "label" else ["a", "b"][i % 2]}))
+    p = tmp / "d.jsonl"
+    p.write_text("\n".join(lines) + "\n")
+    cfg = DataConfig(source=str(p), format="classification", labels=["a", "b"], min_chars=3, train_size=0.5,
+                     validation_size=0.2, test_size=0.2)
+    try:
+        res = prepare(cfg, None, tmp / "o", seed)
+    except UserError as e:  # nothing usable, or split sizes need more rows than survived
+        assert "no usable rows" in str(e) or "lower data" in str(e)
+        return
+    c = res.ledger
+    assert c.input == len(kinds) == c.kept + sum(c.rejected.values()) + sum(c.dropped.values())
+    assert c.kept == sum(len(v) for v in res.splits.values())
+    manifest = json.loads((tmp / "o" / "manifest.json").read_text())
+    assert manifest["counts"] == c.to_dict()
+    assert len((tmp / "o" / "rejected.jsonl").read_text().splitlines()) == sum(c.rejected.values())
+    assert len((tmp / "o" / "dropped.jsonl").read_text().splitlines()) == sum(c.dropped.values())
