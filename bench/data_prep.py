@@ -17,7 +17,6 @@ import json
 import platform
 import random
 import re
-import resource
 import subprocess
 import sys
 import tempfile

@@ -15,7 +15,6 @@ import argparse
 import asyncio
 import json
 import os
-import platform
 import statistics
 import sys
 import threading
@@ -26,6 +25,7 @@ import openai
 import torch
 import uvicorn
 
+from machine import cpu_name  # bench/ is this script's folder
 from tuneloop.models.sources import resolve
 from tuneloop.serve.app import build_app
 from tuneloop.serve.engine import LocalEngine
@@ -37,15 +37,6 @@ QUESTIONS = ["My bag did not arrive in Denver. What should I do?", "Can I change
              "Suggest three things to do at an airport during a long wait.", "How early should I arrive for an "
              "international flight?"]
 
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 async def load(url: str, clients: int, requests: int, max_tokens: int) -> dict:

@@ -17,12 +17,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import resource
 import subprocess
 import sys
 import time
 from pathlib import Path
+
+from machine import cpu_name  # bench/ is this script's folder
 
 RESULTS = Path(__file__).parent / "results" / "train_throughput.json"
 INSTRUCTION = ("Classify the sentiment of this customer tweet about an airline. "
@@ -177,22 +178,13 @@ def main() -> None:
         "matmul_gflops": gflops,
         "setup": {"examples": args.examples, "steps": args.steps, "global_batch": args.batch,
                   "lora": "r=16, alpha=32, all-linear", "model": "bundled:smollm2-135m-instruct"},
-        "machine": {"cpu": platform.processor() or _cpu_model(), "cores": os.cpu_count(),
+        "machine": {"cpu": cpu_name(), "cores": os.cpu_count(),
                     "bf16_native": _bf16_native()},
     }
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps(out, indent=2))
     print(json.dumps(out, indent=2))
 
-
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.machine()
 
 
 def _bf16_native() -> bool:

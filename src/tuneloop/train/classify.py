@@ -28,7 +28,7 @@ from tuneloop.config import AdapterConfig, TrainConfig
 from tuneloop.errors import UserError
 from tuneloop.train import checkpoint
 from tuneloop.train.batching import length_grouped_batches
-from tuneloop.train.sft import _early_stop, _log, _open_log, build_peft_config, lr_lambda, resolve_precision
+from tuneloop.train.sft import _log, _open_log, after_step, build_peft_config, finish, lr_lambda, resolve_precision
 
 
 @dataclass
@@ -210,27 +210,14 @@ def fit(state: ClassifyState, cfg: TrainConfig, log_path: Path | None = None, ck
                 _log(state, log, rec)
                 bar.set_postfix(loss=f"{rec['loss']:.4f}", acc=f"{rec['accuracy']:.2f}")
                 window = {"loss": 0.0, "steps": 0, "correct": 0, "seen": 0}
-            val = None
-            if cfg.eval_every and pos["step"] % cfg.eval_every == 0 and not last:
-                metrics = evaluate(state, cfg.batch_size)
-                _log(state, log, {"step": pos["step"], **metrics})
-                val, stop = metrics["val_loss"], _early_stop(pos, metrics["val_loss"], cfg.patience)
-            if ckpt_dir is not None and cfg.save_every and pos["step"] % cfg.save_every == 0 and not last:
-                checkpoint.save_checkpoint(ckpt_dir, state, pos, cfg.keep_last, val)
+            stop = after_step(state, cfg, pos, ckpt_dir, log, last, lambda: evaluate(state, cfg.batch_size))
             bar.update(1)
             if last or stop:
                 break
         else:
             pos.update(epoch=pos["epoch"] + 1, batch=0)
     bar.close()
-    metrics = evaluate(state, cfg.batch_size)
-    _log(state, log, {"step": pos["step"], **metrics, "elapsed_s": round(time.time() - t0, 2),
-                      **({"early_stopped": True} if stop else {})})
-    if ckpt_dir is not None and cfg.save_every:
-        checkpoint.save_checkpoint(ckpt_dir, state, pos, cfg.keep_last, metrics["val_loss"])
-    if log:
-        log.close()
-    return state.history
+    return finish(state, cfg, pos, ckpt_dir, log, t0, stop, lambda: evaluate(state, cfg.batch_size))
 
 
 @torch.no_grad()

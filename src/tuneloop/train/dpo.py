@@ -32,7 +32,7 @@ from tuneloop.config import AdapterConfig, TrainConfig
 from tuneloop.errors import UserError
 from tuneloop.train import checkpoint
 from tuneloop.train.batching import IGNORE, collate, length_grouped_batches, tokenize_chat
-from tuneloop.train.sft import _early_stop, _log, _open_log, build_peft_config, causal_lm_parts, lr_lambda
+from tuneloop.train.sft import _log, _open_log, after_step, attach_adapter, causal_lm_parts, finish, lr_lambda
 from tuneloop.train.sft import resolve_precision
 from tuneloop.train.sft import save as sft_save
 
@@ -155,13 +155,7 @@ def setup(model_path: str, train_rows: list, val_rows: list, adapter: AdapterCon
     tok = load_tokenizer(model_path)
     dtype = torch.bfloat16 if precision == "bf16" and adapter.method != "full" else torch.float32
     model = AutoModelForCausalLM.from_pretrained(model_path, dtype=dtype)
-    if adapter.method != "full":
-        from peft import get_peft_model
-
-        model = get_peft_model(model, build_peft_config(adapter))
-        for p in model.parameters():
-            if p.requires_grad:
-                p.data = p.data.float()
+    model = attach_adapter(model, adapter)
     model.to("cuda" if torch.cuda.is_available() else "cpu")
     model.train()
     tok_train = [tokenize_pair(tok, to_pair(r)) for r in train_rows]
@@ -242,27 +236,14 @@ def fit(state: DPOState, cfg: TrainConfig, log_path: Path | None = None, ckpt_di
                 _log(state, log, rec)
                 bar.set_postfix(loss=f"{rec['loss']:.4f}", margin=f"{rec['reward_margin']:.3f}")
                 window = {"loss": 0.0, "steps": 0, "margins": []}
-            val = None
-            if cfg.eval_every and pos["step"] % cfg.eval_every == 0 and not last:
-                metrics = evaluate(state, cfg.batch_size)
-                _log(state, log, {"step": pos["step"], **metrics})
-                val, stop = metrics["val_loss"], _early_stop(pos, metrics["val_loss"], cfg.patience)
-            if ckpt_dir is not None and cfg.save_every and pos["step"] % cfg.save_every == 0 and not last:
-                checkpoint.save_checkpoint(ckpt_dir, state, pos, cfg.keep_last, val)
+            stop = after_step(state, cfg, pos, ckpt_dir, log, last, lambda: evaluate(state, cfg.batch_size))
             bar.update(1)
             if last or stop:
                 break
         else:
             pos.update(epoch=pos["epoch"] + 1, batch=0)
     bar.close()
-    metrics = evaluate(state, cfg.batch_size)
-    _log(state, log, {"step": pos["step"], **metrics, "elapsed_s": round(time.time() - t0, 2),
-                      **({"early_stopped": True} if stop else {})})
-    if ckpt_dir is not None and cfg.save_every:
-        checkpoint.save_checkpoint(ckpt_dir, state, pos, cfg.keep_last, metrics["val_loss"])
-    if log:
-        log.close()
-    return state.history
+    return finish(state, cfg, pos, ckpt_dir, log, t0, stop, lambda: evaluate(state, cfg.batch_size))
 
 
 def save(state: DPOState, run_dir: Path) -> None:

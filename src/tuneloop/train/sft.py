@@ -67,6 +67,19 @@ def build_peft_config(adapter: AdapterConfig, task_type: str = "CAUSAL_LM"):
                       target_modules=targets, use_dora=adapter.method == "dora", task_type=task_type)
 
 
+def attach_adapter(model, adapter: AdapterConfig, task_type: str = "CAUSAL_LM"):
+    """Wrap with a peft LoRA/DoRA adapter (trainable weights in fp32); `full` returns the model as is."""
+    if adapter.method == "full":
+        return model
+    from peft import get_peft_model
+
+    model = get_peft_model(model, build_peft_config(adapter, task_type))
+    for p in model.parameters():
+        if p.requires_grad:
+            p.data = p.data.float()
+    return model
+
+
 def lr_lambda(schedule: str, warmup: int, total: int):
     def f(step: int) -> float:
         if step < warmup:
@@ -97,13 +110,7 @@ def setup(model_path: str, train_rows: list, val_rows: list, adapter: AdapterCon
         # bf16 matmuls, with no autocast on every step; trainable adapter weights stay fp32.
         dtype = torch.bfloat16 if precision == "bf16" and adapter.method != "full" else torch.float32
         model = AutoModelForCausalLM.from_pretrained(model_path, dtype=dtype)
-    if adapter.method != "full":
-        from peft import get_peft_model
-
-        model = get_peft_model(model, build_peft_config(adapter))
-        for p in model.parameters():
-            if p.requires_grad:
-                p.data = p.data.float()
+    model = attach_adapter(model, adapter)
     device = "cuda" if torch.cuda.is_available() else "cpu"
     model.to(device)
     model.train()
@@ -191,6 +198,10 @@ def fit(state: TrainState, cfg: TrainConfig, log_path: Path | None = None, ckpt_
     bar = tqdm(total=state.total_steps, initial=pos["step"], desc="train", unit="step", dynamic_ncols=True)
     t0, window = time.time(), {"loss": 0.0, "steps": 0, "tokens": 0, "start": time.time()}
     stop = False
+
+    def validate() -> dict:
+        return {"val_loss": round(evaluate_loss(state, cfg.batch_size), 5)}
+
     while pos["step"] < state.total_steps and not stop:
         batches = length_grouped_batches([len(x[0]) for x in state.train], cfg.batch_size, state.seed + pos["epoch"])
         for s in range(pos["batch"], len(batches) - cfg.grad_accum + 1, cfg.grad_accum):
@@ -207,24 +218,37 @@ def fit(state: TrainState, cfg: TrainConfig, log_path: Path | None = None, ckpt_
             last = pos["step"] >= state.total_steps
             if pos["step"] % cfg.log_every == 0 or last:
                 _log_window(state, pos, window, t0, log, bar)
-            val = None
-            if cfg.eval_every and (pos["step"] % cfg.eval_every == 0) and not last:
-                val = evaluate_loss(state, cfg.batch_size)
-                _log(state, log, {"step": pos["step"], "val_loss": round(val, 5)})
-                stop = _early_stop(pos, val, cfg.patience)
-            if ckpt_dir is not None and cfg.save_every and pos["step"] % cfg.save_every == 0 and not last:
-                checkpoint.save_checkpoint(ckpt_dir, state, pos, cfg.keep_last, val)
+            stop = after_step(state, cfg, pos, ckpt_dir, log, last, validate)
             bar.update(1)
             if last or stop:
                 break
         else:
             pos.update(epoch=pos["epoch"] + 1, batch=0)
     bar.close()
-    val = evaluate_loss(state, cfg.batch_size)
-    _log(state, log, {"step": pos["step"], "val_loss": round(val, 5), "elapsed_s": round(time.time() - t0, 2),
+    return finish(state, cfg, pos, ckpt_dir, log, t0, stop, validate)
+
+
+def after_step(state, cfg: TrainConfig, pos: dict, ckpt_dir: Path | None, log, last: bool, validate) -> bool:
+    """Periodic validation (with early stopping) and checkpointing after an optimizer step; True = stop.
+
+    Shared by the SFT, classification and DPO loops; `validate()` returns a dict with at least val_loss."""
+    val, stop = None, False
+    if cfg.eval_every and pos["step"] % cfg.eval_every == 0 and not last:
+        metrics = validate()
+        _log(state, log, {"step": pos["step"], **metrics})
+        val, stop = metrics["val_loss"], _early_stop(pos, metrics["val_loss"], cfg.patience)
+    if ckpt_dir is not None and cfg.save_every and pos["step"] % cfg.save_every == 0 and not last:
+        checkpoint.save_checkpoint(ckpt_dir, state, pos, cfg.keep_last, val)
+    return stop
+
+
+def finish(state, cfg: TrainConfig, pos: dict, ckpt_dir: Path | None, log, t0: float, stop: bool, validate) -> list:
+    """Final validation, final checkpoint, close the log; returns the history."""
+    metrics = validate()
+    _log(state, log, {"step": pos["step"], **metrics, "elapsed_s": round(time.time() - t0, 2),
                       **({"early_stopped": True} if stop else {})})
     if ckpt_dir is not None and cfg.save_every:
-        checkpoint.save_checkpoint(ckpt_dir, state, pos, cfg.keep_last, val)
+        checkpoint.save_checkpoint(ckpt_dir, state, pos, cfg.keep_last, metrics["val_loss"])
     if log:
         log.close()
     return state.history
