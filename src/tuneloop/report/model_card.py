@@ -7,15 +7,24 @@ from pathlib import Path
 from tuneloop.config import RunConfig
 
 
+REFERENCE_NOTE = """
+The reference is frozen MiniLM embeddings + logistic regression on the same training split: when it matches
+the tuned model, the LLM fine-tune is not worth its cost.
+"""
+
+
 def write_model_card(run_dir: Path, cfg: RunConfig, info, metrics: dict, manifest: dict) -> Path:
     a, t = cfg.adapter, cfg.train
     method = f"{a.method.upper()} (r={a.r}, alpha={a.alpha}, dropout={a.dropout}, targets={a.target_modules})" \
         if a.method != "full" else "full fine-tuning"
+    models = [k for k in ("base", "tuned", "reference") if k in metrics]
     rows = []
     for m in ("accuracy", "macro_f1", "invalid_rate"):
-        rows.append(f"| {m} | " + " | ".join(f"{metrics[k][m]:.3f}" for k in ("base", "tuned") if k in metrics)
-                    + " |")
-    models = [k for k in ("base", "tuned") if k in metrics]
+        d = metrics.get("delta", {}).get(m)
+        delta = f" | {d['value']:+.3f} [{d['ci95'][0]:.3f}, {d['ci95'][1]:.3f}]" if d else ""
+        rows.append(f"| {m} | " + " | ".join(f"{metrics[k][m]:.3f}" for k in models) + delta + " |")
+    bias = "".join(f"\n| {suite} | {_num(v.get('base'))} | {_num(v.get('tuned'))} | {v.get('n')} |"
+                   for suite, v in metrics.get("bias", {}).items())
     splits = ", ".join(f"{k} {v['n']}" for k, v in manifest["splits"].items())
     text = f"""# {cfg.name}
 
@@ -45,10 +54,10 @@ python -c "from transformers import AutoModelForCausalLM; AutoModelForCausalLM.f
 
 ## Evaluation (held-out test split)
 
-| metric | {" | ".join(models)} |
-|---|{"---|" * len(models)}
+| metric | {" | ".join(models)}{" | tuned - base [95% CI]" if "delta" in metrics else ""} |
+|---|{"---|" * (len(models) + ("delta" in metrics))}
 {chr(10).join(rows)}
-
+{REFERENCE_NOTE if "reference" in metrics else ""}{"" if not bias else chr(10) + "Bias audit (see report.html for CIs):" + chr(10) + chr(10) + "| suite | base | tuned | n |" + chr(10) + "|---|---|---|---|" + bias + chr(10)}
 Invalid answers (not mapping to exactly one label) count as wrong. Full numbers: `metrics.json`; per-example
 answers: `samples.jsonl`; charts: `report.html`.
 
@@ -62,3 +71,7 @@ answers: `samples.jsonl`; charts: `report.html`.
     path = run_dir / "README.md"
     path.write_text(text, encoding="utf-8")
     return path
+
+
+def _num(x) -> str:
+    return f"{x:.3f}" if isinstance(x, (int, float)) else "-"
