@@ -16,7 +16,6 @@ trains in full (peft SEQ_CLS puts it in modules_to_save) while the body gets low
 from __future__ import annotations
 
 import json
-import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,9 +25,9 @@ from tqdm.auto import tqdm
 
 from tuneloop.config import AdapterConfig, TrainConfig
 from tuneloop.errors import UserError
-from tuneloop.train import checkpoint
 from tuneloop.train.batching import length_grouped_batches
-from tuneloop.train.sft import _log, _open_log, after_step, build_peft_config, finish, lr_lambda, resolve_precision
+from tuneloop.train.sft import _log, _open_log, after_step, build_optimizer, build_peft_config, finish, optimizer_step
+from tuneloop.train.sft import resolve_precision, start_position
 
 
 @dataclass
@@ -119,11 +118,7 @@ def setup(model_path: str, train_rows: list, val_rows: list, labels: list, adapt
     model.to("cuda" if torch.cuda.is_available() else "cpu")
     model.train()
     tok_train, tok_val = encode(tok, train_rows, labels, max_tokens), encode(tok, val_rows, labels, max_tokens)
-    steps_per_epoch = max(1, math.ceil(len(tok_train) / train.batch_size) // train.grad_accum)
-    total = train.max_steps if train.max_steps > 0 else max(1, int(steps_per_epoch * train.epochs))
-    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=train.lr,
-                            weight_decay=train.weight_decay)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(train.schedule, int(total * train.warmup_ratio), total))
+    opt, sched, total = build_optimizer(model, len(tok_train), train)
     return ClassifyState(model, tok, labels, opt, sched, tok_train, tok_val, total, seed, precision)
 
 
@@ -181,9 +176,7 @@ def fit(state: ClassifyState, cfg: TrainConfig, log_path: Path | None = None, ck
     """The loop: accumulate, clip, step, log loss/accuracy, validate, early-stop, checkpoint."""
     device = next(state.model.parameters()).device
     params = [p for p in state.model.parameters() if p.requires_grad]
-    pos = {"step": 0, "epoch": 0, "batch": 0, "best_val": None, "bad_evals": 0}
-    if cfg.resume and ckpt_dir is not None and checkpoint.latest(ckpt_dir) is not None:
-        pos = checkpoint.load_checkpoint(checkpoint.latest(ckpt_dir), state)
+    pos = start_position(state, cfg, ckpt_dir)
     log, t0, stop = _open_log(log_path, state.history), time.time(), False
     bar = tqdm(total=state.total_steps, initial=pos["step"], desc="classify", unit="step", dynamic_ncols=True)
     window = {"loss": 0.0, "steps": 0, "correct": 0, "seen": 0}
@@ -193,11 +186,7 @@ def fit(state: ClassifyState, cfg: TrainConfig, log_path: Path | None = None, ck
             micro = [collate([state.train[i] for i in idx], state.tokenizer.pad_token_id)
                      for idx in batches[s: s + cfg.grad_accum]]
             step_loss, correct = accumulate_gradients(state.model, micro, device)
-            if cfg.max_grad_norm > 0:
-                torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
-            state.optimizer.step()
-            state.scheduler.step()
-            state.optimizer.zero_grad(set_to_none=True)
+            optimizer_step(state, params, cfg.max_grad_norm)
             pos.update(step=pos["step"] + 1, batch=s + cfg.grad_accum)
             seen = sum(len(m["labels"]) for m in micro)
             window.update(loss=window["loss"] + step_loss, steps=window["steps"] + 1,

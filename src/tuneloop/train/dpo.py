@@ -19,7 +19,6 @@ memory and each step costs one forward/backward over the chosen+rejected batch.
 from __future__ import annotations
 
 import contextlib
-import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,9 +29,9 @@ from tqdm.auto import tqdm
 
 from tuneloop.config import AdapterConfig, TrainConfig
 from tuneloop.errors import UserError
-from tuneloop.train import checkpoint
 from tuneloop.train.batching import IGNORE, collate, length_grouped_batches, tokenize_chat
-from tuneloop.train.sft import _log, _open_log, after_step, attach_adapter, causal_lm_parts, finish, lr_lambda
+from tuneloop.train.sft import _log, _open_log, after_step, attach_adapter, build_optimizer, causal_lm_parts, finish
+from tuneloop.train.sft import optimizer_step, start_position
 from tuneloop.train.sft import resolve_precision
 from tuneloop.train.sft import save as sft_save
 
@@ -161,11 +160,7 @@ def setup(model_path: str, train_rows: list, val_rows: list, adapter: AdapterCon
     tok_train = [tokenize_pair(tok, to_pair(r)) for r in train_rows]
     tok_val = [tokenize_pair(tok, to_pair(r)) for r in val_rows]
     fill_reference(model, tok_train + tok_val, tok.pad_token_id, train.batch_size)
-    steps_per_epoch = max(1, math.ceil(len(tok_train) / train.batch_size) // train.grad_accum)
-    total = train.max_steps if train.max_steps > 0 else max(1, int(steps_per_epoch * train.epochs))
-    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=train.lr,
-                            weight_decay=train.weight_decay)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(train.schedule, int(total * train.warmup_ratio), total))
+    opt, sched, total = build_optimizer(model, len(tok_train), train)
     return DPOState(model, tok, opt, sched, tok_train, tok_val, total, beta, seed, precision)
 
 
@@ -209,9 +204,7 @@ def fit(state: DPOState, cfg: TrainConfig, log_path: Path | None = None, ckpt_di
     """The loop: accumulate, clip, step, log loss / reward margin / accuracy, validate, checkpoint."""
     device = next(state.model.parameters()).device
     params = [p for p in state.model.parameters() if p.requires_grad]
-    pos = {"step": 0, "epoch": 0, "batch": 0, "best_val": None, "bad_evals": 0}
-    if cfg.resume and ckpt_dir is not None and checkpoint.latest(ckpt_dir) is not None:
-        pos = checkpoint.load_checkpoint(checkpoint.latest(ckpt_dir), state)
+    pos = start_position(state, cfg, ckpt_dir)
     log, t0, stop = _open_log(log_path, state.history), time.time(), False
     bar = tqdm(total=state.total_steps, initial=pos["step"], desc="dpo", unit="step", dynamic_ncols=True)
     window = {"loss": 0.0, "steps": 0, "margins": []}
@@ -220,11 +213,7 @@ def fit(state: DPOState, cfg: TrainConfig, log_path: Path | None = None, ckpt_di
         for s in range(pos["batch"], len(batches) - cfg.grad_accum + 1, cfg.grad_accum):
             micro = [[state.train[i] for i in idx] for idx in batches[s: s + cfg.grad_accum]]
             step_loss, margins = accumulate_gradients(state, micro, device)
-            if cfg.max_grad_norm > 0:
-                torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
-            state.optimizer.step()
-            state.scheduler.step()
-            state.optimizer.zero_grad(set_to_none=True)
+            optimizer_step(state, params, cfg.max_grad_norm)
             pos.update(step=pos["step"] + 1, batch=s + cfg.grad_accum)
             window.update(loss=window["loss"] + step_loss, steps=window["steps"] + 1,
                           margins=window["margins"] + margins)

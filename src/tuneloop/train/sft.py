@@ -80,6 +80,34 @@ def attach_adapter(model, adapter: AdapterConfig, task_type: str = "CAUSAL_LM"):
     return model
 
 
+def build_optimizer(model, n_train: int, train: TrainConfig):
+    """(AdamW over the trainable parameters, warmup + schedule, total optimizer steps) for n_train examples.
+
+    A step is `grad_accum` micro-batches of `batch_size`; the loops drop an epoch's incomplete last step."""
+    steps_per_epoch = max(1, math.ceil(n_train / train.batch_size) // train.grad_accum)
+    total = train.max_steps if train.max_steps > 0 else max(1, int(steps_per_epoch * train.epochs))
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=train.lr,
+                            weight_decay=train.weight_decay)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(train.schedule, int(total * train.warmup_ratio), total))
+    return opt, sched, total
+
+
+def start_position(state, cfg: TrainConfig, ckpt_dir: Path | None, **counters) -> dict:
+    """Where a loop starts: the newest checkpoint's position with cfg.resume, else step 0 (plus counters)."""
+    if cfg.resume and ckpt_dir is not None and checkpoint.latest(ckpt_dir) is not None:
+        return checkpoint.load_checkpoint(checkpoint.latest(ckpt_dir), state)
+    return {"step": 0, "epoch": 0, "batch": 0, **counters, "best_val": None, "bad_evals": 0}
+
+
+def optimizer_step(state, params: list, max_grad_norm: float) -> None:
+    """Clip (when max_grad_norm > 0), step optimizer and schedule, clear gradients."""
+    if max_grad_norm > 0:
+        torch.nn.utils.clip_grad_norm_(params, max_grad_norm)
+    state.optimizer.step()
+    state.scheduler.step()
+    state.optimizer.zero_grad(set_to_none=True)
+
+
 def lr_lambda(schedule: str, warmup: int, total: int):
     def f(step: int) -> float:
         if step < warmup:
@@ -116,13 +144,7 @@ def setup(model_path: str, train_rows: list, val_rows: list, adapter: AdapterCon
     model.train()
     tok_train = [tokenize_chat(tok, ex.messages) for ex in train_rows]
     tok_val = [tokenize_chat(tok, ex.messages) for ex in val_rows]
-    micro_batches = math.ceil(len(tok_train) / train.batch_size)
-    steps_per_epoch = max(1, micro_batches // train.grad_accum)
-    total = train.max_steps if train.max_steps > 0 else max(1, int(steps_per_epoch * train.epochs))
-    params = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=train.lr, weight_decay=train.weight_decay)
-    warmup = int(total * train.warmup_ratio)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(train.schedule, warmup, total))
+    opt, sched, total = build_optimizer(model, len(tok_train), train)
     return TrainState(model, tok, opt, sched, tok_train, tok_val, total, seed, precision)
 
 
@@ -191,9 +213,7 @@ def fit(state: TrainState, cfg: TrainConfig, log_path: Path | None = None, ckpt_
     pad = state.tokenizer.pad_token_id
     make_batch = collate_packed if cfg.packing else collate
     params = [p for p in state.model.parameters() if p.requires_grad]
-    pos = {"step": 0, "epoch": 0, "batch": 0, "tokens": 0, "best_val": None, "bad_evals": 0}
-    if cfg.resume and ckpt_dir is not None and checkpoint.latest(ckpt_dir) is not None:
-        pos = checkpoint.load_checkpoint(checkpoint.latest(ckpt_dir), state)
+    pos = start_position(state, cfg, ckpt_dir, tokens=0)
     log = _open_log(log_path, state.history)
     bar = tqdm(total=state.total_steps, initial=pos["step"], desc="train", unit="step", dynamic_ncols=True)
     t0, window = time.time(), {"loss": 0.0, "steps": 0, "tokens": 0, "start": time.time()}
@@ -207,11 +227,7 @@ def fit(state: TrainState, cfg: TrainConfig, log_path: Path | None = None, ckpt_
         for s in range(pos["batch"], len(batches) - cfg.grad_accum + 1, cfg.grad_accum):
             micro = [make_batch([state.train[i] for i in idx], pad) for idx in batches[s: s + cfg.grad_accum]]
             step_loss, n_tokens = accumulate_gradients(state.model, micro, device)
-            if cfg.max_grad_norm > 0:
-                torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
-            state.optimizer.step()
-            state.scheduler.step()
-            state.optimizer.zero_grad(set_to_none=True)
+            optimizer_step(state, params, cfg.max_grad_norm)
             pos.update(step=pos["step"] + 1, batch=s + cfg.grad_accum, tokens=pos["tokens"] + n_tokens)
             window.update(loss=window["loss"] + step_loss, steps=window["steps"] + 1,
                           tokens=window["tokens"] + n_tokens)
