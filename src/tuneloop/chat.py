@@ -7,25 +7,16 @@ trained with) is used unless --system says otherwise.
 from __future__ import annotations
 
 import sys
-from pathlib import Path
-
-import yaml
-
-from tuneloop.errors import UserError
 
 
 def load_for_chat(target: str, system: str | None):
     from tuneloop.models.sources import load_causal_lm
+    from tuneloop.run import open_run
 
-    run_dir = Path(target)
-    if (run_dir / "config.yaml").is_file():
-        if not (run_dir / "model" / "config.json").is_file():
-            raise UserError(f"{run_dir} has no model/ yet (did the run finish?)")
-        cfg = yaml.safe_load((run_dir / "config.yaml").read_text())
-        if system is None:
-            system = (cfg.get("data") or {}).get("instruction") or None
-        target = str(run_dir / "model")
-    model, tok, _ = load_causal_lm(target)
+    path, cfg = open_run(target)
+    if cfg is not None and system is None:
+        system = (cfg.get("data") or {}).get("instruction") or None
+    model, tok, _ = load_causal_lm(path)
     return model, tok, system
 
 

@@ -24,6 +24,20 @@ DATA_FILES = ("dropped.jsonl", "manifest.json", "rejected.jsonl", "report.html",
               "validation.jsonl")
 
 
+def open_run(target: str) -> tuple[str, dict | None]:
+    """(model path, run config) for a finished run folder (its merged model/), else (target, None).
+
+    How chat, eval and serve accept "a run folder or any model spec" in one place."""
+    from tuneloop.errors import UserError
+
+    run_dir = Path(target)
+    if not (run_dir / "config.yaml").is_file():
+        return target, None
+    if not (run_dir / "model" / "config.json").is_file():
+        raise UserError(f"{run_dir} has no model/ yet (did the run finish?)")
+    return str(run_dir / "model"), yaml.safe_load((run_dir / "config.yaml").read_text()) or {}
+
+
 def _say(msg: str) -> None:
     print(f"[tuneloop] {msg}", flush=True)
 
@@ -35,29 +49,17 @@ def evaluate_model(model, tok, rows: list, cfg: RunConfig, desc: str) -> tuple[d
     t = time.time()
     answers = generate(model, tok, [ex.messages[:-1] for ex in rows], cfg.eval.max_new_tokens,
                        cfg.eval.batch_size, desc=desc)
-    refs = [ex.label for ex in rows]
-    metrics = classification_metrics(refs, answers, cfg.data.labels)
-    metrics["seconds"] = round(time.time() - t, 1)
-    metrics["examples_per_s"] = round(len(rows) / max(time.time() - t, 1e-9), 2)
+    seconds = time.time() - t
+    metrics = classification_metrics([ex.label for ex in rows], answers, cfg.data.labels)
+    metrics.update(seconds=round(seconds, 1), examples_per_s=round(len(rows) / max(seconds, 1e-9), 2))
     return metrics, answers
 
 
 def preflight(cfg: RunConfig) -> None:
     """Fail in a second, before loading any model, on problems the user can fix."""
-    from tuneloop.errors import UserError
+    from tuneloop.data.formats import check_source
 
-    src = cfg.data.source
-    if not src:
-        raise UserError("data.source is empty: set it to a data file or bundled:airline-tweets")
-    if not src.startswith("bundled:"):
-        path = Path(src)
-        if not path.is_file():
-            raise UserError(f"data file not found: {path}")
-        try:
-            with open(path, "rb") as f:
-                f.read(1)
-        except OSError as e:
-            raise UserError(f"cannot read data file {path}: {e.strerror}") from e
+    check_source(cfg.data.source)
 
 
 def run(cfg: RunConfig) -> dict:

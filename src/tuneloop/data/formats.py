@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator
 
-from tuneloop.data.readers import Row, read_rows
+from tuneloop.data.readers import Row, check_path, read_rows
 from tuneloop.data.validate import Rejection, check_chat
 from tuneloop.errors import UserError
 
@@ -249,13 +249,21 @@ def airline_csv() -> Path:
 BUNDLED_DATA = {"bundled:airline-tweets": (read_airline_tweets, airline_csv)}
 
 
-def iter_source(source: str, max_row_bytes: int | None = None) -> Iterator[Row]:
+def check_source(source: str) -> None:
+    """Raise a UserError unless `source` names a known bundled set or a readable file / datasets folder."""
+    if not source:
+        raise UserError("data.source is empty: set it to a data file or bundled:airline-tweets")
     if source.startswith("bundled:"):
         if source not in BUNDLED_DATA:
             raise UserError(f"unknown bundled data '{source}' (available: {', '.join(BUNDLED_DATA)})")
+        return
+    check_path(Path(source))
+
+
+def iter_source(source: str, max_row_bytes: int | None = None) -> Iterator[Row]:
+    check_source(source)  # eagerly: read_rows is a generator and would only fail on first use
+    if source.startswith("bundled:"):
         return BUNDLED_DATA[source][0]()
-    if not source:
-        raise UserError("data.source is empty: set it to a data file or bundled:airline-tweets")
     return read_rows(Path(source), *(() if max_row_bytes is None else (max_row_bytes,)))
 
 

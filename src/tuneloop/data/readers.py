@@ -40,23 +40,30 @@ def _error(line: int, source: str, rule: str, message: str) -> Row:
     return Row(line, {"__error__": (rule, message)}, source)
 
 
-def read_rows(path: Path, max_row_bytes: int = MAX_ROW_BYTES) -> Iterator[Row]:
-    """Yield rows from JSONL / JSON / CSV / TSV / Parquet files or a saved Hugging Face `datasets` folder."""
+def check_path(path: Path) -> None:
+    """Raise a UserError unless `path` is a readable data file of a known type or a saved `datasets` folder.
+
+    Called before any row is read (and by `tuneloop run` before it loads a model), so bad paths fail fast."""
     if path.is_dir():
-        yield from _read_hf_folder(path)
         return
     if not path.is_file():
         raise UserError(f"data file not found: {path}")
-    suffix = path.suffix.lower()
-    readers = {".jsonl": _read_jsonl, ".ndjson": _read_jsonl, ".json": _read_json, ".csv": _read_csv,
-               ".tsv": _read_csv, ".parquet": _read_parquet}
-    if suffix not in readers:
-        raise UserError(f"{path}: unsupported file type '{suffix}' "
+    if path.suffix.lower() not in READERS:
+        raise UserError(f"{path}: unsupported file type '{path.suffix.lower()}' "
                         "(use .jsonl, .json, .csv, .tsv, .parquet or a saved datasets folder)")
     try:
-        yield from readers[suffix](path, max_row_bytes)
-    except PermissionError as e:
+        open(path, "rb").close()
+    except OSError as e:
         raise UserError(f"{path}: cannot read file ({e.strerror})") from e
+
+
+def read_rows(path: Path, max_row_bytes: int = MAX_ROW_BYTES) -> Iterator[Row]:
+    """Yield rows from JSONL / JSON / CSV / TSV / Parquet files or a saved Hugging Face `datasets` folder."""
+    check_path(path)
+    if path.is_dir():
+        yield from _read_hf_folder(path)
+        return
+    yield from READERS[path.suffix.lower()](path, max_row_bytes)
 
 
 def _read_jsonl(path: Path, max_row_bytes: int) -> Iterator[Row]:
@@ -205,3 +212,7 @@ def _read_hf_folder(path: Path) -> Iterator[Row]:
                 yield from pa.ipc.open_stream(source)
 
     yield from _arrow_rows(batches(), str(path))
+
+
+READERS = {".jsonl": _read_jsonl, ".ndjson": _read_jsonl, ".json": _read_json, ".csv": _read_csv,
+           ".tsv": _read_csv, ".parquet": _read_parquet}

@@ -20,7 +20,6 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import yaml
 
 from tuneloop.errors import UserError
 
@@ -52,16 +51,11 @@ def load_target(spec: str, endpoint_model: str = "") -> Target:
         return Target(spec, client=client, endpoint_model=endpoint_model)
     from tuneloop.models.sources import load_causal_lm
 
-    run_dir, cfg = Path(spec), {}
-    if (run_dir / "config.yaml").is_file():
-        if not (run_dir / "model" / "config.json").is_file():
-            raise UserError(f"{run_dir} has no model/ yet (did the run finish?)")
-        cfg = yaml.safe_load((run_dir / "config.yaml").read_text()) or {}
-        spec_path = str(run_dir / "model")
-    else:
-        run_dir, spec_path = None, spec
+    from tuneloop.run import open_run
+
+    spec_path, cfg = open_run(spec)
     model, tok, _ = load_causal_lm(spec_path)
-    return Target(spec, model, tok, run_dir=run_dir, run_config=cfg)
+    return Target(spec, model, tok, run_dir=Path(spec) if cfg is not None else None, run_config=cfg or {})
 
 
 def answer(t: Target, conversations: list, max_new_tokens: int, batch_size: int, desc: str) -> list:

@@ -15,19 +15,17 @@ import json
 import sys
 from pathlib import Path
 
-import yaml
 
 from tuneloop.errors import UserError
 
 
 def resolve_target(target: str, name: str | None) -> tuple[str, str]:
     """(model folder, served name) for a run folder (its merged model/) or any model spec."""
-    run = Path(target)
-    if (run / "config.yaml").is_file():
-        if not (run / "model" / "config.json").is_file():
-            raise UserError(f"{run} has no model/ yet (did the run finish?)")
-        cfg = yaml.safe_load((run / "config.yaml").read_text()) or {}
-        return str(run / "model"), name or cfg.get("name") or run.name
+    from tuneloop.run import open_run
+
+    path, cfg = open_run(target)
+    if cfg is not None:
+        return path, name or cfg.get("name") or Path(target).name
     from tuneloop.models.sources import resolve
 
     return resolve(target).path, name or target
