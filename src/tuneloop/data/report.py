@@ -15,12 +15,10 @@ import json
 from pathlib import Path
 
 from tuneloop.data.validate import DROP_REASONS, RULES
-from tuneloop.report.html import _table, figure_to_img, plt
+from tuneloop.report.html import _table, figure_to_img, plt, write_page
 
-STYLE = ("body{font-family:system-ui,sans-serif;max-width:960px;margin:2em auto;color:#222}"
-         "table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:4px 8px;text-align:left;"
-         "vertical-align:top}th{background:#f4f4f4}code,pre{background:#f4f4f4}pre{padding:8px;white-space:"
-         "pre-wrap;word-break:break-all}.t{background:#c8f0c8;outline:1px solid #8c8}.c{color:#777}"
+STYLE = ("body{max-width:960px}td,th{text-align:left;vertical-align:top}pre{background:#f4f4f4;padding:8px;"
+         "white-space:pre-wrap;word-break:break-all}.t{background:#c8f0c8;outline:1px solid #8c8}.c{color:#777}"
          ".flag{color:#b00}")
 
 
@@ -131,7 +129,4 @@ def write_data_report(path: Path, manifest: dict, examples: dict, cand, parts: d
         f"<pre>{_esc(json.dumps(manifest['mitigations'], indent=1))}</pre>",
         "<h2>Masking preview</h2>", masking_preview(preview, tokenizer),
     ]
-    page = (f"<!doctype html><html><head><meta charset='utf-8'><title>tuneloop data report</title><style>{STYLE}"
-            f"</style></head><body>{''.join(parts_html)}</body></html>")
-    path.write_text(page, encoding="utf-8")
-    return path
+    return write_page(path, "tuneloop data report", parts_html, STYLE)

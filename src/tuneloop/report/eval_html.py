@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from tuneloop.report.html import _table, confusion_table, figure_to_img, loss_chart, plt
+from tuneloop.report.html import _table, confusion_table, figure_to_img, loss_chart, plt, write_page
 
 HEADLINE = {"classification": ("accuracy", "macro_f1", "invalid_rate"),
             "generation": ("exact_match", "token_f1", "rouge_l", "bleu", "chrf"),
@@ -170,11 +170,5 @@ def write_eval_report(out_dir: Path, result: dict, rows: list, answers: dict, hi
         parts += ["<h2>Per-example differences</h2>", diff_section(result, rows, answers)]
     if history:
         parts += ["<h2>Training</h2>", loss_chart(history)]
-    style = ("body{font-family:system-ui,sans-serif;max-width:1000px;margin:2em auto;color:#222}"
-             "table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:4px 8px;"
-             "text-align:right;max-width:320px}th{background:#f4f4f4}code{background:#f4f4f4;padding:1px 4px}")
-    page = (f"<!doctype html><html><head><meta charset='utf-8'><title>tuneloop evaluation</title>"
-            f"<style>{style}</style></head><body>{''.join(parts)}</body></html>")
-    path = Path(out_dir) / "report.html"
-    path.write_text(page, encoding="utf-8")
-    return path
+    return write_page(Path(out_dir) / "report.html", "tuneloop evaluation", parts,
+                      "body{max-width:1000px}td,th{text-align:right;max-width:320px}")

@@ -15,7 +15,18 @@ import matplotlib
 matplotlib.use("Agg")  # headless: no display on servers and CI
 import matplotlib.pyplot as plt  # noqa: E402
 
-HEADLINE = ("accuracy", "macro_f1", "invalid_rate")
+# Shared by the run, eval and data reports; each page adds its own rules after these.
+STYLE = ("body{font-family:system-ui,sans-serif;margin:2em auto;color:#222}"
+         "table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:4px 8px}"
+         "th{background:#f4f4f4}code{background:#f4f4f4;padding:1px 4px}")
+
+
+def write_page(path: Path, title: str, parts: list, style: str = "") -> Path:
+    """One self-contained HTML page (no external assets) from HTML fragments."""
+    page = (f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
+            f"<style>{STYLE}{style}</style></head><body>{''.join(parts)}</body></html>")
+    Path(path).write_text(page, encoding="utf-8")
+    return Path(path)
 
 
 def figure_to_img(fig) -> str:
@@ -42,20 +53,6 @@ def loss_chart(history: list) -> str:
     return figure_to_img(fig)
 
 
-def metric_chart(metrics: dict, models: list) -> str:
-    fig, ax = plt.subplots(figsize=(6, 3.2))
-    width = 0.8 / len(models)
-    for i, name in enumerate(models):
-        vals = [metrics[name].get(m, 0.0) for m in HEADLINE]
-        bars = ax.bar([x + i * width for x in range(len(HEADLINE))], vals, width, label=name)
-        ax.bar_label(bars, fmt="%.2f", fontsize=8)
-    ax.set_xticks([x + width * (len(models) - 1) / 2 for x in range(len(HEADLINE))], HEADLINE)
-    ax.set_ylim(0, 1.05)
-    ax.legend()
-    ax.grid(axis="y", alpha=0.3)
-    return figure_to_img(fig)
-
-
 def _table(rows: list, header: list) -> str:
     head = "".join(f"<th>{html.escape(str(h))}</th>" for h in header)
     body = "".join("<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in r) + "</tr>" for r in rows)
@@ -69,13 +66,8 @@ def confusion_table(m: dict) -> str:
 
 
 def write_report(run_dir: Path, metrics: dict, history: list, manifest: dict, bias: dict | None = None) -> Path:
-    from tuneloop.report.eval_html import bias_section, metric_section  # it builds on this module's helpers
+    from tuneloop.report.eval_html import bias_section, confusion_section, metric_section  # built on this module
 
-    models = [k for k in ("base", "tuned") if k in metrics]
-    rows = [[m] + [f"{metrics[k][m]:.3f}" for k in models] +
-            ([f"{metrics['tuned'][m] - metrics['base'][m]:+.3f}"] if len(models) == 2 else [])
-            for m in HEADLINE]
-    header = ["metric"] + [f"{k} (n={metrics[k]['n']})" for k in models] + (["delta"] if len(models) == 2 else [])
     counts = manifest["counts"]
     funnel = [["input rows", counts["input"]]] + [[f"rejected: {k}", v] for k, v in counts["rejected"].items()] + \
              [[f"dropped: {k}", v] for k, v in counts["dropped"].items()] + [["kept (in splits)", counts["kept"]]]
@@ -87,21 +79,12 @@ def write_report(run_dir: Path, metrics: dict, history: list, manifest: dict, bi
         f"<code>{metrics.get('data_sha256', '')[:16]}</code>, {metrics['train']['steps']} steps on "
         f"{metrics['train']['examples']} examples ({metrics['train']['precision']}), "
         f"total {metrics['timings']['total_s']:.0f} s.</p>",
-        "<h2>Base vs tuned on the held-out test split</h2>",
-        metric_section(metrics) if "delta" in metrics else _table(rows, header) + metric_chart(metrics, models),
+        "<h2>Base vs tuned on the held-out test split</h2>", metric_section(metrics),
         "<h2>Training</h2>", loss_chart(history),
-        "<h2>Confusion matrices</h2>",
-        "".join(f"<h3>{k}</h3>{confusion_table(metrics[k])}" for k in models),
+        "<h2>Confusion matrices</h2>", confusion_section(metrics),
+        *(["<h2>Bias audit</h2>", bias_section(bias)] if bias else []),
         "<h2>Data</h2>", _table(funnel, ["stage", "rows"]), _table(splits, ["split", "rows", "labels"]),
         "<p>Full data report: <a href='data/report.html'>data/report.html</a>.</p>",
     ]
-    if bias:
-        parts[8:8] = ["<h2>Bias audit</h2>", bias_section(bias)]
-    style = ("body{font-family:system-ui,sans-serif;max-width:900px;margin:2em auto;color:#222}"
-             "table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:4px 10px;"
-             "text-align:right}th{background:#f4f4f4}code{background:#f4f4f4;padding:1px 4px}")
-    page = f"<!doctype html><html><head><meta charset='utf-8'><title>tuneloop report</title><style>{style}" \
-           f"</style></head><body>{''.join(parts)}</body></html>"
-    path = run_dir / "report.html"
-    path.write_text(page, encoding="utf-8")
-    return path
+    return write_page(run_dir / "report.html", "tuneloop report", parts,
+                      "body{max-width:900px}td,th{padding:4px 10px;text-align:right}")
