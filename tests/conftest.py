@@ -52,3 +52,15 @@ def tokenizer():
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
     return tok
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Torch on one thread for a test module (`pytestmark = pytest.mark.usefixtures("one_thread")`): tiny tensors
+    gain nothing from threads, and on a shared 2-core machine thread spin-waits cost 10x."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

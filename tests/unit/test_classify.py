@@ -49,13 +49,7 @@ def tiny_bert_dir(tmp_path_factory):
 TRAIN = TrainConfig(epochs=8, batch_size=4, lr=1e-2, warmup_ratio=0.0, log_every=4, precision="fp32")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny tensors gain nothing from threads, and on a shared 2-core machine thread spin-waits cost 10x."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.mark.parametrize("method,lr", [("lora", 1e-2), ("full", 3e-3)])

@@ -84,6 +84,7 @@ def gguf_to_folder(gguf: Path) -> tuple[Path, str]:
     model.is_quantized = False
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=".tmp-"))
+    os.chmod(tmp, 0o755)  # mkdtemp makes it owner-only; the cache is meant to be readable like any model folder
     try:
         model.save_pretrained(tmp)
         tok.save_pretrained(tmp)
