@@ -117,3 +117,79 @@ def test_compare_with_reference_baseline(run_dir, tiny_lm_dir, tmp_path):
     m = json.loads((out / "metrics.json").read_text())
     assert m["reference"]["n_train"] == 18 and m["reference"]["accuracy"] == 1.0  # it saw these tweets
     assert "reference" in (out / "report.html").read_text()
+
+
+def test_compare_with_a_judge_endpoint(run_dir, tiny_lm_dir, tmp_path):
+    """--judge through the real CLI against a rule-based OpenAI-compatible server: a judge that always picks
+    the first answer shown must come out as all ties once the positions are swapped."""
+    from tests.unit.test_eval_judge import always_a, rule_server
+
+    out = tmp_path / "judged"
+    with rule_server(always_a) as (server, url):
+        assert cmd_compare([str(tiny_lm_dir), str(run_dir), "--data", str(run_dir / "data" / "test.jsonl"),
+                            "--out", str(out), "--no-bias", "--judge", url, "--judge-n", "4", *FAST]) == 0
+    assert sorted(p.name for p in out.iterdir()) == ["answers.jsonl", "judge.jsonl", "metrics.json", "report.html"]
+    j = json.loads((out / "metrics.json").read_text())["judge"]
+    assert j["mode"] == "pairwise" and j["model"] == "rule-judge" and j["n"] == 4
+    assert j["tie_rate"]["value"] == 1.0 and j["position_consistency"] == 0 and j["invalid_rate"] == 0
+    saved = [json.loads(x) for x in (out / "judge.jsonl").read_text().splitlines()]
+    answers = [json.loads(x) for x in (out / "answers.jsonl").read_text().splitlines()]
+    assert len(saved) == 8 == len(server.requests)
+    for rec in saved:  # the prompt holds the row's input, its reference and both models' answers
+        row = answers[rec["index"]]
+        prompt = rec["messages"][-1]["content"]
+        assert row["input"] in prompt and f"<reference>\n{row['reference']}\n</reference>" in prompt
+        first, second = (row["base_answer"], row["tuned_answer"])[:: 1 if rec["request"] == "verdict_ab" else -1]
+        assert f"<answer_a>\n{first}\n</answer_a>" in prompt and f"<answer_b>\n{second}\n</answer_b>" in prompt
+    page = (out / "report.html").read_text()
+    assert "LLM judge" in page and "position consistency" in page
+
+
+def test_judge_rubric_mode_and_bad_judge_url(run_dir, tiny_lm_dir, tmp_path):
+    from tests.unit.test_eval_judge import rule_server
+
+    data = ["--data", str(run_dir / "data" / "test.jsonl"), "--no-bias", *FAST]
+    with rule_server(lambda messages: "Score: 3") as (_, url):
+        assert cmd_compare([str(tiny_lm_dir), str(run_dir), "--out", str(tmp_path / "r"), "--judge", url,
+                            "--judge-mode", "rubric", "--judge-n", "0", *data]) == 0
+    j = json.loads((tmp_path / "r" / "metrics.json").read_text())["judge"]
+    assert j["n"] == 6 and j["mean_a"]["value"] == j["mean_b"]["value"] == 3.0 and j["delta"]["value"] == 0
+    assert "tuned mean score" in (tmp_path / "r" / "report.html").read_text()
+    with pytest.raises(UserError, match="judge: cannot list models at http://127.0.0.1:9/v1"):
+        cmd_compare([str(tiny_lm_dir), str(run_dir), "--out", str(tmp_path / "x"), "--judge",
+                     "http://127.0.0.1:9/v1", *data])
+
+
+@pytest.mark.integration
+def test_tuneloop_serve_as_the_judge(run_dir, tiny_lm_dir, tmp_path):
+    """Compatibility with a real LLM server: tuneloop's own server (tiny random model) as the judge. Its
+    replies are noise, so verdicts are mostly invalid; the counts must still add up and every reply be saved."""
+    import socket
+    import time
+    import urllib.request
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.Popen([sys.executable, "-c", "import sys; from tuneloop.serve.cli import cmd_serve; "
+                             "sys.exit(cmd_serve(sys.argv[1:]))", str(tiny_lm_dir), "--name", "judge",
+                             "--port", str(port), "--threads", "1"],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    out = tmp_path / "served"
+    try:
+        for _ in range(300):
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=1)
+                break
+            except OSError:
+                time.sleep(0.2)
+        assert cmd_compare([str(tiny_lm_dir), str(run_dir), "--data", str(run_dir / "data" / "test.jsonl"),
+                            "--out", str(out), "--no-bias", "--judge", f"http://127.0.0.1:{port}/v1",
+                            "--judge-n", "3", *FAST]) == 0
+    finally:
+        proc.terminate()
+        proc.communicate(timeout=30)
+    j = json.loads((out / "metrics.json").read_text())["judge"]
+    assert j["model"] == "judge" and j["n"] == 3 and sum(j["counts"].values()) == 3
+    saved = [json.loads(x) for x in (out / "judge.jsonl").read_text().splitlines()]
+    assert len(saved) == 6 and all(isinstance(r["reply"], str) for r in saved)

@@ -7,7 +7,8 @@
 A model is a model spec (bundled:..., a Hugging Face folder, a .gguf file), a run folder (its model/ is used,
 its training log is charted and its data/train.jsonl feeds the reference baseline), or the base URL of an
 OpenAI-compatible endpoint (http://127.0.0.1:8000/v1; answers through the `openai` SDK, no log-likelihoods).
-Writes OUT/metrics.json, OUT/answers.jsonl and OUT/report.html. Exit code 1 when the --gate fails.
+Writes OUT/metrics.json, OUT/answers.jsonl and OUT/report.html (and OUT/judge.jsonl with --judge URL, an
+LLM-as-judge grading the candidate against the base: evaluate/judge.py). Exit code 1 when the --gate fails.
 """
 
 from __future__ import annotations
@@ -108,6 +109,13 @@ def _parser(prog: str, doc: str, n_models: int) -> argparse.ArgumentParser:
     p.add_argument("--no-reference", action="store_true", help="skip the MiniLM + logistic regression baseline")
     p.add_argument("--endpoint-model", default="", help="model name to request from an endpoint")
     p.add_argument("--seed", type=int, default=0)
+    if n_models == 2:
+        p.add_argument("--judge", default="", metavar="URL",
+                       help="LLM-as-judge: OpenAI-compatible base URL that grades candidate vs base (OUT/judge.jsonl)")
+        p.add_argument("--judge-model", default="", help="judge model name (default: the endpoint's first model)")
+        p.add_argument("--judge-mode", choices=["pairwise", "rubric"], default="pairwise",
+                       help="pairwise (both orders, swapped to cancel position bias) or rubric (1-5 per answer)")
+        p.add_argument("--judge-n", type=int, default=50, help="rows sent to the judge, seeded sample (0 = all)")
     return p
 
 
@@ -228,6 +236,10 @@ def cmd_compare(args: list) -> int:
     from tuneloop.evaluate.compare import bias_deltas, compare_predictions
 
     ns = _parser("tuneloop compare", cmd_compare.__doc__, 2).parse_args(args)
+    if ns.judge:  # fail on a bad judge URL before spending minutes on generation
+        from tuneloop.evaluate.judge import connect
+
+        ns.judge_model = connect(ns.judge, ns.judge_model)[1]
     targets = [("base", load_target(ns.base, ns.endpoint_model)),
                ("tuned", load_target(ns.candidate, ns.endpoint_model))]
     rows = _setup(ns, [t for _, t in targets])
@@ -242,4 +254,10 @@ def cmd_compare(args: list) -> int:
     if not ns.no_bias:
         per_model = {name: _bias(ns, t, rows, answers[name]) for name, t in targets}
         result["bias"] = {**per_model, "delta": bias_deltas(per_model["base"], per_model["tuned"], ns.seed)}
+    if ns.judge:
+        from tuneloop.evaluate.judge import judge
+
+        result["judge"] = judge(ns.judge, ns.judge_model, [ex.messages[:-1] for ex in rows], answers["base"],
+                                answers["tuned"], ns.judge_mode, ns.judge_n, ns.seed,
+                                [ex.messages[-1]["content"] for ex in rows], Path(ns.out) / "judge.jsonl")
     return _finish(ns, result, rows, answers, [t for _, t in targets])

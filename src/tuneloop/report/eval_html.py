@@ -4,8 +4,8 @@
 
 `result` is what `tuneloop eval` / `tuneloop compare` save as metrics.json (before the private per-item vectors
 are dropped): model sections ("model", or "base" and "tuned"), optional "reference", "delta", "mcnemar",
-"diffs", "bias" and "gate". The section builders (metric_section, bias_section, diff_section) also serve the
-run report.
+"diffs", "bias", "judge" and "gate". The section builders (metric_section, bias_section, diff_section,
+judge_section) also serve the run report.
 """
 
 from __future__ import annotations
@@ -153,6 +153,30 @@ def diff_section(result: dict, rows: list, answers: dict) -> str:
     return "".join(parts)
 
 
+def judge_section(j: dict) -> str:
+    """LLM-as-judge: rates (tuned = B over base = A) with 95% CIs, bias checks, and the first items' verdicts."""
+    if j["mode"] == "pairwise":
+        rows = [[k.replace("_", " "), _fmt(j[k]["value"]), _ci(j[k])]
+                for k in ("win_rate", "tie_rate", "loss_rate", "win_minus_loss")]
+        rows += [["position consistency", _fmt(j["position_consistency"]), "–"],
+                 ["first-position rate (0.5 = no position bias)", _fmt(j["first_position_rate"]), "–"]]
+        cols = ["#", "input", "base answer", "tuned answer", "verdict, base shown first",
+                "verdict, tuned shown first", "outcome"]
+        ex = [[e["index"], e["input"], e["answer_a"], e["answer_b"], e["verdict_ab"], e["verdict_ba"],
+               e["outcome"]] for e in j["examples"]]
+    else:
+        rows = [[label, _fmt(j[k]["value"]), _ci(j[k])]
+                for label, k in (("base mean score", "mean_a"), ("tuned mean score", "mean_b"), ("delta", "delta"))]
+        cols = ["#", "input", "base answer", "tuned answer", "base score", "tuned score", "outcome"]
+        ex = [[e["index"], e["input"], e["answer_a"], e["answer_b"], e["score_a"], e["score_b"], e["outcome"]]
+              for e in j["examples"]]
+    rows.append(["invalid verdicts", _fmt(j["invalid_rate"]), "–"])
+    head = (f"<p>Judge <code>{html.escape(j['model'])}</code> at <code>{html.escape(j['url'])}</code>, "
+            f"{j['mode']} mode, n={j['n']}, temperature 0. Every prompt and reply: "
+            f"<code>{html.escape(str(j.get('prompts')))}</code>.</p>")
+    return head + _table(rows, ["measure", "value", "95% CI"]) + "<h3>First items</h3>" + _table(ex, cols)
+
+
 def write_eval_report(out_dir: Path, result: dict, rows: list, answers: dict, history: list | None = None) -> Path:
     models = ", ".join(f"{n}: <code>{html.escape(str(s))}</code>" for n, s in result.get("models", {}).items())
     parts = [f"<h1>tuneloop evaluation</h1><p>{models}; data <code>{html.escape(result.get('data', ''))}</code> "
@@ -166,6 +190,8 @@ def write_eval_report(out_dir: Path, result: dict, rows: list, answers: dict, hi
     parts += ["<h2>Confusion matrices</h2>", confusion_section(result)]
     if "bias" in result:
         parts += ["<h2>Bias audit</h2>", bias_section(result["bias"])]
+    if "judge" in result:
+        parts += ["<h2>LLM judge</h2>", judge_section(result["judge"])]
     if "diffs" in result:
         parts += ["<h2>Per-example differences</h2>", diff_section(result, rows, answers)]
     if history:

@@ -66,7 +66,7 @@ def confusion_table(m: dict) -> str:
 
 
 def write_report(run_dir: Path, metrics: dict, history: list, manifest: dict, bias: dict | None = None) -> Path:
-    from tuneloop.report.eval_html import bias_section, confusion_section, metric_section  # built on this module
+    from tuneloop.report.eval_html import bias_section, confusion_section, judge_section, metric_section
 
     counts = manifest["counts"]
     funnel = [["input rows", counts["input"]]] + [[f"rejected: {k}", v] for k, v in counts["rejected"].items()] + \
@@ -83,6 +83,7 @@ def write_report(run_dir: Path, metrics: dict, history: list, manifest: dict, bi
         "<h2>Training</h2>", loss_chart(history),
         "<h2>Confusion matrices</h2>", confusion_section(metrics),
         *(["<h2>Bias audit</h2>", bias_section(bias)] if bias else []),
+        *(["<h2>LLM judge</h2>", judge_section(metrics["judge"])] if metrics.get("judge") else []),
         "<h2>Data</h2>", _table(funnel, ["stage", "rows"]), _table(splits, ["split", "rows", "labels"]),
         "<p>Full data report: <a href='data/report.html'>data/report.html</a>.</p>",
     ]
