@@ -1,13 +1,20 @@
 """Training throughput: tuneloop's LoRA loop vs TRL's SFTTrainer, same model, data, LoRA, steps and batch.
 
-    .venv/bin/python bench/train_throughput.py [--examples 256] [--steps 16] [--batch 8]
+    .venv/bin/python bench/train_throughput.py [--examples 256] [--steps 16] [--batch 8] [--ablations]
     # -> bench/results/train_throughput.json   (needs `pip install trl==1.16.0 datasets`)
+    python bench/train_throughput.py --model /path/SmolLM2.gguf --out bench/results/train_throughput_gpu.json
+    # the same on a CUDA machine (peak GPU memory is recorded beside RSS)
 
 Each configuration runs in its own subprocess so peak RSS is its own. Configurations:
   trl_default      TRL SFTTrainer defaults on prompt-completion data (completion-only loss, padded batches)
   trl_packed_bf16  TRL with padding-free packing and bf16
   tuneloop         tuneloop's default loop (length-grouped batches, LM head only at label positions, precision auto)
   tuneloop_packed  tuneloop with train.packing (padding-free rows)
+With --ablations, each throughput choice is switched off once to measure its own gain:
+  tuneloop_fp32          frozen weights in fp32 instead of bf16 (only where bf16 is native)
+  tuneloop_all_logits    the LM head at every position, as transformers' loss does (not only label positions)
+  tuneloop_unsorted      random batches (length grouping off: padded like a plain DataLoader)
+  tuneloop_compile       train.compile (torch.compile; its compile time is excluded by a warm-up step)
 Also measured: this machine's fp32 / bf16 matmul GFLOP/s, and the achieved fraction of the compute limit
 (LoRA training ~ 4 x parameters FLOPs per token: forward 2, backward through frozen weights 2).
 """
@@ -33,14 +40,25 @@ INSTRUCTION = ("Classify the sentiment of this customer tweet about an airline. 
 def matmul_gflops(dtype_name: str, n: int = 1024, reps: int = 20) -> float:
     import torch
 
+    cuda = torch.cuda.is_available()
+    n = 8192 if cuda else n  # a GPU needs a large product to reach its peak
     dtype = getattr(torch, {"fp32": "float32", "bf16": "bfloat16"}[dtype_name])
-    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
+    a, b = (torch.randn(n, n, dtype=dtype, device="cuda" if cuda else "cpu") for _ in range(2))
     for _ in range(3):
         a @ b
+    _sync()
     t = time.perf_counter()
     for _ in range(reps):
         a @ b
+    _sync()
     return 2 * n**3 * reps / (time.perf_counter() - t) / 1e9
+
+
+def _sync() -> None:
+    import torch
+
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
 
 
 def load_rows(n: int, seed: int = 0) -> list:
@@ -62,76 +80,118 @@ def load_rows(n: int, seed: int = 0) -> list:
     return rows[:n]
 
 
-def run_tuneloop(args, packed: bool) -> dict:
+def run_tuneloop(args, packed: bool = False, ablation: str = "") -> dict:
+    import functools
+
     from tuneloop.config import AdapterConfig, TrainConfig
     from tuneloop.models.sources import resolve
-    from tuneloop.train import sft
+    from tuneloop.train import batching, sft
 
-    path = resolve("bundled:smollm2-135m-instruct").path
+    if ablation == "all_logits":
+        sft.label_token_loss = all_position_loss
+    if ablation == "unsorted":  # a group of one batch: sorting inside it removes no padding
+        sft.length_grouped_batches = functools.partial(batching.length_grouped_batches, group=1)
+    path = resolve(args.model).path
     rows = load_rows(args.examples)
     train = TrainConfig(max_steps=args.steps, batch_size=args.batch, lr=2e-4, warmup_ratio=0.0, log_every=1,
-                        packing=packed, schedule="linear")
+                        packing=packed, schedule="linear", precision="fp32" if ablation == "fp32" else "auto",
+                        compile=ablation == "compile")
     state = sft.setup(path, rows, [], AdapterConfig(r=16, alpha=32, target_modules="all-linear"), train, seed=0)
-    t = time.perf_counter()
     history = sft.fit(state, train)
-    seconds = time.perf_counter() - t
     steps = [r for r in history if "loss" in r]
+    # Throughput from the log, excluding step 1 (CUDA/compile warm-up): tokens and seconds after it.
+    tokens = steps[-1]["tokens"] - steps[0]["tokens"]
+    seconds = steps[-1]["elapsed_s"] - steps[0]["elapsed_s"]
     params = sum(p.numel() for p in state.model.parameters())
-    return {"tokens": steps[-1]["tokens"], "seconds": seconds, "final_loss": steps[-1]["loss"],
+    return {"tokens": tokens, "seconds": seconds, "final_loss": steps[-1]["loss"],
             "params": params, "precision": state.precision}
+
+
+def all_position_loss(model, batch: dict):
+    """Ablation of sft.label_token_loss: the LM head over every position (what a plain `model(labels=...)`
+    does), then cross-entropy on the label positions only. Same loss, more FLOPs and memory."""
+    import torch
+
+    from tuneloop.train.batching import IGNORE
+
+    kw = {k: batch[k] for k in ("input_ids", "attention_mask", "position_ids") if k in batch}
+    logits = model(**kw, use_cache=False).logits[:, :-1].float()  # [B, T-1, V]
+    targets = batch["labels"][:, 1:]
+    loss = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1),
+                                             ignore_index=IGNORE, reduction="sum")
+    return loss, int((targets != IGNORE).sum())
 
 
 def run_trl(args, packed_bf16: bool) -> dict:
     import torch
     from datasets import Dataset
     from peft import LoraConfig
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
     from trl import SFTConfig, SFTTrainer
 
     from tuneloop.models.sources import resolve
 
-    path = resolve("bundled:smollm2-135m-instruct").path
+    path = resolve(args.model).path
     rows = load_rows(args.examples)
     data = Dataset.from_list([{"prompt": ex.messages[:-1], "completion": ex.messages[-1:]} for ex in rows])
     tok = AutoTokenizer.from_pretrained(path)
     model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.bfloat16 if packed_bf16 else torch.float32)
-    tokens = {"n": 0}
+    tokens: dict = {}
 
+    # TRL's own default is bf16 mixed precision. On a CPU without native bf16 that default would run at ~1% of
+    # fp32 speed, so there the "default" config turns it off (in TRL's favour); on a GPU it stays TRL's default.
+    bf16 = True if packed_bf16 else (None if torch.cuda.is_available() else False)
     cfg = SFTConfig(output_dir=os.path.join(args.tmp, "trl"), max_steps=args.steps,
                     per_device_train_batch_size=args.batch, learning_rate=2e-4, lr_scheduler_type="linear",
-                    logging_steps=1, save_strategy="no", report_to=[], seed=0, use_cpu=True,
-                    packing=packed_bf16, padding_free=packed_bf16, bf16=packed_bf16, dataloader_num_workers=0)
+                    logging_steps=1, save_strategy="no", report_to=[], seed=0, use_cpu=not torch.cuda.is_available(),
+                    packing=packed_bf16, padding_free=packed_bf16, bf16=bf16, dataloader_num_workers=0)
     trainer = SFTTrainer(model=model, args=cfg, train_dataset=data, processing_class=tok,
                          peft_config=LoraConfig(r=16, lora_alpha=32, target_modules="all-linear",
                                                 task_type="CAUSAL_LM"))
     collate = trainer.data_collator
+    fed: list = []  # non-pad tokens of each batch in the order built (the loader may build one ahead)
 
-    def counting(features):  # non-pad tokens actually fed, counted as tuneloop counts them
+    def counting(features):  # counted as tuneloop counts them
         batch = collate(features)
         mask = batch.get("attention_mask")
-        tokens["n"] += int(mask.sum()) if mask is not None else int(batch["input_ids"].numel())
+        fed.append(int(mask.sum()) if mask is not None else int(batch["input_ids"].numel()))
         return batch
 
+    class StepClock(TrainerCallback):  # time from the end of step 1 to the end (warm-up excluded, as for tuneloop)
+        def on_step_end(self, args_, state, control, **kw):
+            _sync()
+            tokens.setdefault("t1", time.perf_counter()) if state.global_step == 1 else None
+            tokens["t_end"] = time.perf_counter()
+
     trainer.data_collator = counting
-    t = time.perf_counter()
+    trainer.add_callback(StepClock())
     trainer.train()
-    seconds = time.perf_counter() - t
     losses = [r["loss"] for r in trainer.state.log_history if "loss" in r]
-    return {"tokens": tokens["n"], "seconds": seconds, "final_loss": losses[-1], "params": None,
-            "precision": "bf16" if packed_bf16 else "fp32"}
+    return {"tokens": sum(fed[1: args.steps]), "seconds": tokens["t_end"] - tokens["t1"], "final_loss": losses[-1],
+            "params": None, "precision": "bf16 autocast" if trainer.args.bf16 else "fp32"}
 
 
 RUNNERS = {
     "trl_default": lambda a: run_trl(a, False),
     "trl_packed_bf16": lambda a: run_trl(a, True),
-    "tuneloop": lambda a: run_tuneloop(a, False),
-    "tuneloop_packed": lambda a: run_tuneloop(a, True),
+    "tuneloop": lambda a: run_tuneloop(a),
+    "tuneloop_packed": lambda a: run_tuneloop(a, packed=True),
+}
+ABLATIONS = {
+    "tuneloop_fp32": lambda a: run_tuneloop(a, ablation="fp32"),
+    "tuneloop_all_logits": lambda a: run_tuneloop(a, ablation="all_logits"),
+    "tuneloop_unsorted": lambda a: run_tuneloop(a, ablation="unsorted"),
+    "tuneloop_compile": lambda a: run_tuneloop(a, ablation="compile"),
 }
 
 
 def child(args) -> None:
-    out = RUNNERS[args.child](args)
+    import torch
+
+    out = {**RUNNERS, **ABLATIONS}[args.child](args)
     out["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    if torch.cuda.is_available():
+        out["peak_gpu_mb"] = torch.cuda.max_memory_allocated() / 2**20
     print("RESULT " + json.dumps(out), flush=True)
 
 
@@ -141,6 +201,9 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=16)
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--only", default=",".join(RUNNERS))
+    p.add_argument("--ablations", action="store_true", help="also run each throughput choice switched off")
+    p.add_argument("--model", default="bundled:smollm2-135m-instruct", help="model spec (folder, .gguf, bundled:)")
+    p.add_argument("--out", type=Path, default=RESULTS)
     p.add_argument("--child", help=argparse.SUPPRESS)
     p.add_argument("--tmp", default="/tmp/tuneloop-bench")
     args = p.parse_args()
@@ -149,14 +212,15 @@ def main() -> None:
     gflops = {"fp32": round(matmul_gflops("fp32"), 1), "bf16": round(matmul_gflops("bf16"), 1)}
     print(f"matmul GFLOP/s: {gflops}")
     results, skipped = {}, {}
-    for name in args.only.split(","):
-        if "bf16" in name and not _bf16_native():
+    names = args.only.split(",") + (list(ABLATIONS) if args.ablations else [])
+    for name in names:
+        if ("bf16" in name or name == "tuneloop_fp32") and not _bf16_native():
             # Without AVX-512-BF16/AMX, bf16 matmuls run at ~1% of fp32 here: minutes per step, no information.
             skipped[name] = f"no native bf16 on this CPU (bf16 matmul {gflops['bf16']} GFLOP/s)"
             print(f"{name}: skipped ({skipped[name]})")
             continue
         cmd = [sys.executable, __file__, "--child", name, "--examples", str(args.examples), "--steps",
-               str(args.steps), "--batch", str(args.batch), "--tmp", args.tmp]
+               str(args.steps), "--batch", str(args.batch), "--tmp", args.tmp, "--model", args.model]
         proc = subprocess.run(cmd, capture_output=True, text=True)
         line = [x for x in proc.stdout.splitlines() if x.startswith("RESULT ")]
         if proc.returncode or not line:
@@ -165,7 +229,8 @@ def main() -> None:
         r = json.loads(line[0][7:])
         r["tokens_per_s"] = r["tokens"] / r["seconds"]
         results[name] = r
-        print(f"{name:16s} {r['tokens_per_s']:8.1f} tok/s  peak {r['peak_rss_mb']:7.0f} MB  "
+        gpu = f"  GPU {r['peak_gpu_mb']:6.0f} MB" if "peak_gpu_mb" in r else ""
+        print(f"{name:20s} {r['tokens_per_s']:8.1f} tok/s  peak {r['peak_rss_mb']:7.0f} MB{gpu}  "
               f"loss {r['final_loss']:.4f}  ({r['precision']})")
     params = next((r["params"] for r in results.values() if r.get("params")), 134_515_008)
     best = results.get("tuneloop", {})
@@ -180,17 +245,28 @@ def main() -> None:
                                    if best else None),
         "fraction_of_own_precision_limit": (round(best["tokens_per_s"] * 4 * params / (limit * 1e9), 3)
                                             if best else None),
+        **({"peak_gpu_mb": {k: round(v["peak_gpu_mb"], 1) for k, v in results.items() if "peak_gpu_mb" in v}}
+           if any("peak_gpu_mb" in v for v in results.values()) else {}),
+        "ablation_gain": {k[len("tuneloop_"):]: round(best["tokens_per_s"] / v["tokens_per_s"], 3)
+                          for k, v in results.items() if k in ABLATIONS and best},
         "matmul_gflops": gflops,
         "skipped": skipped,
         "setup": {"examples": args.examples, "steps": args.steps, "global_batch": args.batch,
-                  "lora": "r=16, alpha=32, all-linear", "model": "bundled:smollm2-135m-instruct"},
-        "machine": {"cpu": cpu_name(), "cores": os.cpu_count(),
+                  "lora": "r=16, alpha=32, all-linear", "model": args.model,
+                  "throughput": "non-pad tokens/s after the first optimizer step (warm-up excluded)"},
+        "machine": {"cpu": cpu_name(), "cores": os.cpu_count(), "gpu": _gpu_name(),
                     "bf16_native": _bf16_native()},
     }
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(out, indent=2))
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(out, indent=2))
     print(json.dumps(out, indent=2))
 
+
+
+def _gpu_name() -> str | None:
+    import torch
+
+    return torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
 
 
 def _bf16_native() -> bool:

@@ -110,6 +110,15 @@ class TrainConfig:
     resume: bool = doc("Continue from the newest checkpoint in the run folder (exact: weights, optimizer, "
                        "scheduler, RNG and data position).", False)
     threads: int = doc("CPU threads for torch (0 = all cores).", 0)
+    recipe: str = doc("What `run` trains: sft (causal-LM chat fine-tuning), classify (sequence-classification "
+                      "head) or dpo (preference pairs; needs data.format preference).", "sft")
+    dpo_beta: float = doc("DPO: strength of the pull towards the reference model (0.1 is the usual start).", 0.1)
+    gradient_checkpointing: bool = doc("Recompute activations in the backward pass: less memory for about "
+                                       "a third more compute.", False)
+    compile: bool = doc("torch.compile the model before training (pays a one-off compile time).", False)
+    distributed: str = doc("Under torchrun / accelerate launch: ddp (replicate, all-reduce gradients) or fsdp "
+                           "(shard parameters, GPUs). Ignored in a single process.", "ddp")
+    report_to: list = doc("Trackers besides train_log.jsonl: tensorboard, mlflow (e.g. `[tensorboard]`).", [])
 
 
 @dataclass
@@ -124,6 +133,10 @@ class EvalConfig:
     bias_counterfactual: int = doc("Counterfactual probe items (0 = off).", 24)
     bias_crows_pairs: int = doc("CrowS-Pairs items (0 = off).", 40)
     bias_bbq: int = doc("BBQ items (0 = off).", 24)
+    judge_url: str = doc("LLM-as-judge: base URL of an OpenAI-compatible endpoint (empty = no judge).", "")
+    judge_model: str = doc("Judge model name at that endpoint (empty = the endpoint's first model).", "")
+    judge_mode: str = doc("pairwise (base vs tuned, both orders) or rubric (1-5 score per answer).", "pairwise")
+    judge_n: int = doc("Test rows sent to the judge.", 50)
 
 
 @dataclass

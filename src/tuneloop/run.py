@@ -17,7 +17,8 @@ import yaml
 from tuneloop.config import RunConfig, to_dict
 
 # The run folder's contract (tested): every file and folder a finished run leaves at its top level
-# (plus checkpoints/ when train.save_every > 0).
+# (plus checkpoints/ when train.save_every > 0, judge.jsonl with eval.judge_url, tensorboard/ and mlruns/ with
+# train.report_to; adapter/ only with a lora/dora adapter).
 RUN_FILES = ("README.md", "adapter", "config.yaml", "data", "metrics.json", "model", "report.html",
              "samples.jsonl", "train_log.jsonl")
 DATA_FILES = ("dropped.jsonl", "manifest.json", "rejected.jsonl", "report.html", "test.jsonl", "train.jsonl",
@@ -42,33 +43,58 @@ def _say(msg: str) -> None:
     print(f"[tuneloop] {msg}", flush=True)
 
 
-def evaluate_model(model, tok, rows: list, cfg: RunConfig, desc: str) -> tuple[dict, list]:
-    from tuneloop.evaluate.generate import generate
-    from tuneloop.evaluate.metrics import classification_metrics
+def evaluate_model(answer, rows: list, cfg: RunConfig) -> tuple[dict, list]:
+    """Task metrics of one model's answers on rows, with its examples/s."""
+    from tuneloop import recipes
+    from tuneloop.evaluate.metrics import task_metrics
 
     t = time.time()
-    answers = generate(model, tok, [ex.messages[:-1] for ex in rows], cfg.eval.max_new_tokens,
-                       cfg.eval.batch_size, desc=desc)
+    answers = answer(rows)
     seconds = time.time() - t
-    metrics = classification_metrics([ex.label for ex in rows], answers, cfg.data.labels)
+    task, labels = recipes.task(cfg)
+    metrics = task_metrics(task, recipes.references(cfg, rows), answers, labels)
     metrics.update(seconds=round(seconds, 1), examples_per_s=round(len(rows) / max(seconds, 1e-9), 2))
     return metrics, answers
 
 
 def preflight(cfg: RunConfig) -> None:
     """Fail in a second, before loading any model, on problems the user can fix."""
+    from tuneloop import recipes
     from tuneloop.data.formats import check_source
+    from tuneloop.errors import UserError
 
+    recipes.check(cfg)
     check_source(cfg.data.source)
+    if cfg.eval.judge_url:
+        from tuneloop.evaluate.judge import MODES, connect
+
+        if cfg.eval.judge_mode not in MODES:
+            raise UserError(f"eval.judge_mode '{cfg.eval.judge_mode}' is not one of {', '.join(MODES)}")
+        if cfg.train.recipe != "sft":
+            raise UserError("eval.judge_url grades generated answers: it needs train.recipe sft")
+        cfg.eval.judge_model = connect(cfg.eval.judge_url, cfg.eval.judge_model)[1]  # a dead URL fails now
+
+
+def load_base(cfg: RunConfig):
+    """(causal LM or None, tokenizer, ModelInfo): an encoder base (classify recipe) has no LM to load."""
+    from transformers import AutoConfig
+
+    from tuneloop.models.sources import load_causal_lm, load_tokenizer, resolve
+
+    info = resolve(cfg.model.base, cfg.model.revision)
+    archs = AutoConfig.from_pretrained(info.path).architectures or []
+    if cfg.train.recipe == "classify" and not any(a.endswith("ForCausalLM") for a in archs):
+        return None, load_tokenizer(info.path), info
+    model, tok, _ = load_causal_lm(info.path)
+    return model, tok, info
 
 
 def run(cfg: RunConfig) -> dict:
+    from tuneloop import recipes
     from tuneloop.data.prepare import prepare
     from tuneloop.errors import UserError
-    from tuneloop.models.sources import load_causal_lm
     from tuneloop.report.html import write_report
     from tuneloop.report.model_card import write_model_card
-    from tuneloop.train import sft
 
     preflight(cfg)
     start = time.time()
@@ -82,7 +108,7 @@ def run(cfg: RunConfig) -> dict:
     out.mkdir(parents=True, exist_ok=True)
 
     t = time.time()
-    base, tok, info = load_causal_lm(cfg.model.base, cfg.model.revision)
+    base, tok, info = load_base(cfg)
     timings["load_model_s"] = round(time.time() - t, 1)
     _say(f"base model {info.spec} -> {info.path}")
 
@@ -98,55 +124,68 @@ def run(cfg: RunConfig) -> dict:
 
     results: dict = {}
     answers: dict = {}
-    if cfg.eval.evaluate_base:
+    bias: dict = {}
+    base_answer = recipes.base_answers(cfg, base, tok) if cfg.eval.evaluate_base else None
+    if base_answer is not None:
         t = time.time()
-        results["base"], answers["base"] = evaluate_model(base, tok, test, cfg, "eval base")
+        results["base"], answers["base"] = evaluate_model(base_answer, test, cfg)
         timings["eval_base_s"] = round(time.time() - t, 1)
         _say(_fmt("base", results["base"]))
-    bias: dict = {}
-    if cfg.eval.bias and cfg.eval.evaluate_base:  # before training: peft wraps the base model in place
-        bias["base"] = _bias(base, tok, test, cfg, answers["base"], timings, "base")
+        if cfg.eval.bias:  # before training: peft wraps the base model in place
+            bias["base"] = _bias(base, tok, test, cfg, answers["base"], None, timings, "base")
 
     t = time.time()
-    state = sft.setup(info.path, data.splits["train"], data.splits["validation"], cfg.adapter, cfg.train,
-                      cfg.seed, model=base if sft.resolve_precision(cfg.train.precision) == "fp32" else None)
-    _say(f"training {cfg.adapter.method} for {state.total_steps} steps on {len(state.train)} examples "
-         f"({state.precision})")
-    sft.fit(state, cfg.train, out / "train_log.jsonl", out / "checkpoints")
-    sft.save(state, out)
+    _say(f"training {cfg.train.recipe} ({cfg.adapter.method}) on {info.spec}")
+    trained = recipes.RECIPES[cfg.train.recipe](cfg, info.path, base, data, out)
     timings["train_s"] = round(time.time() - t, 1)
+    _say(f"trained {trained.steps} steps on {trained.examples} examples ({trained.precision})")
 
     t = time.time()
-    results["tuned"], answers["tuned"] = evaluate_model(state.model, tok, test, cfg, "eval tuned")
+    results["tuned"], answers["tuned"] = evaluate_model(trained.answer, test, cfg)
     timings["eval_tuned_s"] = round(time.time() - t, 1)
     _say(_fmt("tuned", results["tuned"]))
     if "base" in bias:
-        bias["tuned"] = _bias(state.model, tok, test, cfg, answers["tuned"], timings, "tuned")
+        bias["tuned"] = _bias(trained.model, tok, test, cfg, answers["tuned"], trained.probe, timings, "tuned")
     extra = _comparison(cfg, data.splits["train"], test, answers, bias, timings)
+
+    if cfg.eval.judge_url and "base" in answers:
+        from tuneloop.evaluate.judge import judge
+
+        t = time.time()
+        extra["metrics"]["judge"] = judge(
+            cfg.eval.judge_url, cfg.eval.judge_model, [ex.messages[:-1] for ex in test], answers["base"],
+            answers["tuned"], mode=cfg.eval.judge_mode, n=cfg.eval.judge_n, seed=cfg.seed,
+            references=[ex.messages[-1]["content"] for ex in test], out_path=out / "judge.jsonl")
+        timings["judge_s"] = round(time.time() - t, 1)
 
     timings["total_s"] = round(time.time() - start, 1)
     metrics = {k: {m: v for m, v in r.items() if m != "predictions"} for k, r in results.items()}
     metrics.update(extra["metrics"])
-    metrics.update({"task": cfg.data.task, "labels": cfg.data.labels, "base_model": info.spec,
+    task, labels = recipes.task(cfg)
+    metrics.update({"task": task, "labels": labels, "recipe": cfg.train.recipe, "base_model": info.spec,
                     "data_sha256": data.manifest["data_sha256"], "timings": timings,
-                    "train": {"steps": state.total_steps, "examples": len(state.train), "precision": state.precision,
-                              "final_val_loss": state.history[-1].get("val_loss")}})
+                    "train": {"steps": trained.steps, "examples": trained.examples, "precision": trained.precision,
+                              "final_val_loss": trained.history[-1].get("val_loss")}})
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
     _write_samples(out / "samples.jsonl", test, answers, results, cfg.eval.samples)
-    write_report(out, metrics, state.history, data.manifest, extra["bias_report"])
+    write_report(out, metrics, trained.history, data.manifest, extra["bias_report"])
     write_model_card(out, cfg, info, metrics, data.manifest)
     _say(f"done in {timings['total_s']:.0f}s: {out}")
     return metrics
 
 
-def _bias(model, tok, test: list, cfg: RunConfig, answers: list, timings: dict, name: str) -> dict:
+def _bias(model, tok, test: list, cfg: RunConfig, answers: list, probe, timings: dict, name: str) -> dict:
+    """Bias audit of one model; `probe` answers conversations where the model cannot generate (a head)."""
     from tuneloop.evaluate.bias import BiasSizes, bias_audit
 
     t = time.time()
     sizes = BiasSizes(counterfactual=cfg.eval.bias_counterfactual, crows_pairs=cfg.eval.bias_crows_pairs,
                       bbq=cfg.eval.bias_bbq, batch_size=cfg.eval.batch_size)
-    labels = cfg.data.labels if cfg.data.task == "classification" else None
-    audit = bias_audit(model, tok, test, labels, seed=cfg.seed, sizes=sizes, original_answers=answers)
+    # Counterfactual flips need one label per answer; preference answers (chosen/rejected) are not about the
+    # text, so DPO models are probed by generation (output shift), like generation tasks.
+    labels = cfg.data.labels if cfg.data.task == "classification" and cfg.train.recipe != "dpo" else None
+    audit = bias_audit(model, tok, test, labels, classify_fn=probe, seed=cfg.seed, sizes=sizes,
+                       original_answers=None if cfg.train.recipe == "dpo" else answers)
     timings[f"bias_{name}_s"] = round(time.time() - t, 1)
     _say(f"bias {name}: " + ", ".join(f"{k}={v.get('score')} (n={v.get('n')})" for k, v in audit.items()))
     return audit
@@ -154,16 +193,17 @@ def _bias(model, tok, test: list, cfg: RunConfig, answers: list, timings: dict, 
 
 def _comparison(cfg: RunConfig, train: list, test: list, answers: dict, bias: dict, timings: dict) -> dict:
     """Deltas with paired-bootstrap CIs, McNemar, the cheap reference baseline and bias deltas."""
+    from tuneloop import recipes
     from tuneloop.evaluate.bias import public
     from tuneloop.evaluate.compare import bias_deltas, compare_predictions
 
     out: dict = {}
-    labels = cfg.data.labels if cfg.data.task == "classification" else None
-    refs = [ex.label if labels else ex.messages[-1]["content"] for ex in test]
+    task, labels = recipes.task(cfg)
     if "base" in answers:
-        cmp = compare_predictions(refs, answers["base"], answers["tuned"], labels, seed=cfg.seed, task=cfg.data.task)
+        cmp = compare_predictions(recipes.references(cfg, test), answers["base"], answers["tuned"], labels,
+                                  seed=cfg.seed, task=task)
         out.update(delta=cmp["delta"], mcnemar=cmp["mcnemar"], diffs=cmp["diffs"])
-    if cfg.eval.reference and labels:
+    if cfg.eval.reference and labels and cfg.train.recipe != "dpo":
         from tuneloop.evaluate.reference import reference_baseline
 
         t = time.time()
@@ -180,8 +220,10 @@ def _comparison(cfg: RunConfig, train: list, test: list, answers: dict, bias: di
 
 
 def _fmt(name: str, m: dict) -> str:
-    return (f"{name}: n={m['n']} accuracy={m['accuracy']:.3f} macro_f1={m['macro_f1']:.3f} "
-            f"invalid_rate={m['invalid_rate']:.3f} ({m['examples_per_s']} ex/s)")
+    keys = [k for k in ("accuracy", "macro_f1", "invalid_rate", "exact_match", "token_f1", "rouge_l", "chrf")
+            if isinstance(m.get(k), (int, float))]
+    return (f"{name}: n={m['n']} " + " ".join(f"{k}={m[k]:.3f}" for k in keys)
+            + f" ({m['examples_per_s']} ex/s)")
 
 
 def _write_samples(path: Path, rows: list, answers: dict, results: dict, limit: int) -> None:
@@ -190,5 +232,6 @@ def _write_samples(path: Path, rows: list, answers: dict, results: dict, limit: 
             rec = {"input": ex.messages[-2]["content"], "reference": ex.messages[-1]["content"]}
             for name in answers:
                 rec[f"{name}_answer"] = answers[name][i]
-                rec[f"{name}_prediction"] = results[name]["predictions"][i]
+                if "predictions" in results[name]:
+                    rec[f"{name}_prediction"] = results[name]["predictions"][i]
             f.write(json.dumps(rec, ensure_ascii=False) + "\n")

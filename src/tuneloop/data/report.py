@@ -98,6 +98,8 @@ def identity_chart(audit: dict) -> str:
 def masking_preview(ex, tokenizer) -> str:
     if ex is None or tokenizer is None:
         return "<p>No training example or tokenizer to preview.</p>"
+    if getattr(tokenizer, "chat_template", None) is None:  # an encoder: a classification head reads the text
+        return "<p>This tokenizer has no chat template (an encoder): a classification head reads the text.</p>"
     from tuneloop.train.batching import IGNORE, tokenize_chat
 
     ids, labels = tokenize_chat(tokenizer, ex.messages)

@@ -17,6 +17,10 @@ VERIFY_PER_SHAPE = 16  # exact renders per role sequence before the additive cou
 
 
 def _render_len(tok, messages: list) -> int:
+    if getattr(tok, "chat_template", None) is None:
+        # An encoder (classification head) has no chat template: count the contents joined by newlines, with
+        # the tokenizer's own special tokens ([CLS] ... [SEP]), an upper bound on what the head reads.
+        return len(tok("\n".join(m["content"] for m in messages))["input_ids"])
     out = tok.apply_chat_template(messages, tokenize=True)
     return len(out["input_ids"] if hasattr(out, "keys") else out)
 
