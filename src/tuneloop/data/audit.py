@@ -69,7 +69,7 @@ def identity_terms() -> dict:
 
 
 def matchers(terms: dict) -> tuple:
-    """(group names, {lowercased term: bits}, {case-sensitive name: bits}) for group_mask."""
+    """(group names, {lowercased term: bits}, {case-sensitive name: bits}, two-word terms) for group_mask."""
     names = list(terms)
     insensitive: dict = {}
     sensitive: dict = {}
@@ -77,7 +77,7 @@ def matchers(terms: dict) -> tuple:
         for w, case in entries:
             table, key = (sensitive, w) if case else (insensitive, w.lower())
             table[key] = table.get(key, 0) | (1 << i)
-    return names, insensitive, sensitive
+    return names, insensitive, sensitive, tuple(k for k in insensitive if " " in k)
 
 
 _WORDS = re.compile(r"[A-Za-z]+")
@@ -86,16 +86,20 @@ _WORDS = re.compile(r"[A-Za-z]+")
 def group_mask(text: str, m: tuple) -> int:
     """Bit i set when the text mentions group i: the row's word set is intersected with the term tables
     (C-speed set operations, not one alternation regex of ~300 terms); two-word terms by substring."""
-    _, insensitive, sensitive = m
+    _, insensitive, sensitive, phrases = m
     lower = text.lower()
+    words = _WORDS.findall(text)
+    # ASCII lowercasing maps letters to letters, so the words of `lower` are these words lowercased (one regex
+    # pass instead of two); other scripts can lowercase into ASCII letters ("K" Kelvin sign), so they rescan
+    lowered = " ".join(words).lower().split() if text.isascii() else _WORDS.findall(lower)
     mask = 0
-    for w in set(_WORDS.findall(lower)).intersection(insensitive):
+    for w in insensitive.keys() & lowered:
         mask |= insensitive[w]
-    for w in set(_WORDS.findall(text)).intersection(sensitive):
+    for w in sensitive.keys() & words:
         mask |= sensitive[w]
     if " " in lower:
         padded = f" {lower} "
-        for phrase in (k for k in insensitive if " " in k):
+        for phrase in phrases:
             if f" {phrase} " in padded:
                 mask |= insensitive[phrase]
     return mask

@@ -69,6 +69,8 @@ class Rejection(Exception):
 
 def valid_utf8(text: str) -> bool:
     """False for strings holding lone surrogates (JSON "\\ud800" escapes, undecodable CSV bytes)."""
+    if text.isascii():  # O(1) on CPython's compact ASCII strings; encoding would copy the text
+        return True
     try:
         text.encode("utf-8")
         return True
@@ -83,7 +85,7 @@ def check_message(i: int, m) -> None:
     if "role" not in m or ("content" not in m and "function_call" not in m):
         missing = "role" if "role" not in m else "content"
         raise Rejection("message_missing_key", where, f"message {i} has no '{missing}'")
-    extra = sorted(set(m) - ALLOWED_KEYS)
+    extra = [] if m.keys() <= ALLOWED_KEYS else sorted(set(m) - ALLOWED_KEYS)
     if extra:
         raise Rejection("message_unrecognized_key", f"{where}.{extra[0]}", f"message {i} has unrecognized key "
                         f"'{extra[0]}' (allowed: {', '.join(sorted(ALLOWED_KEYS))})")

@@ -62,14 +62,21 @@ def _write_split(path: Path, spool, c, ids: list, weights: dict, extra_ids: list
     """Stream one split from the spool to its file (one example in memory at a time); returns its counts."""
     labels, added = Counter(), 0
     cf_rows = []
-    with open(path, "w", encoding="utf-8") as f:
+    with open(path, "wb") as f:
         def put(ex: Example) -> None:
-            line = json.dumps(ex.to_json(), ensure_ascii=False) + "\n"
+            line = (json.dumps(ex.to_json(), ensure_ascii=False) + "\n").encode("utf-8")
             f.write(line)
-            data_hash.update(line.encode("utf-8"))
+            data_hash.update(line)
             labels[ex.label] += 1
 
         for i in ids:
+            if not cf and i not in weights:  # the spooled line is already this row's output line
+                spool.seek(c.offsets[i])
+                line = spool.readline()
+                f.write(line)
+                data_hash.update(line)
+                labels[c.labels[i]] += 1
+                continue
             ex = _read(spool, c.offsets[i])
             if i in weights:
                 ex.meta["weight"] = weights[i]

@@ -1,0 +1,189 @@
+"""The data stage's shortcuts give the same results as the straightforward path they replace.
+
+    .venv/bin/python -m pytest tests/unit/test_data_fastpaths.py -q
+
+Covered: cleaning without ftfy for tidy ASCII and with ftfy's own unescape for ASCII entities (vs ftfy on
+every text), orjson reading (vs json), LSH pairs kept as int64 codes and on a row subset (vs a dict of
+buckets and a copied slice), the identity-group matcher, and prepare() writing the same files twice.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import random
+import unicodedata
+import zlib
+from pathlib import Path
+
+import ftfy
+import numpy as np
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from tuneloop.config import DataConfig
+from tuneloop.data import audit, clean, dedup, pii
+from tuneloop.data.formats import airline_csv
+from tuneloop.data.prepare import prepare
+from tuneloop.data.readers import read_rows
+
+
+def ungated(text: str, single_line: bool = False) -> str:
+    """clean_text with ftfy on every text and the full whitespace pass (the reference)."""
+    text = unicodedata.normalize("NFC", ftfy.fix_text(text, unescape_html=True))
+    text = clean._CONTROL.sub("", text.replace("\r\n", "\n").replace("\r", "\n"))
+    if single_line:
+        return " ".join(text.split())
+    text = "\n".join(clean._SPACES.sub(" ", line).strip() for line in text.split("\n"))
+    return clean._NEWLINES.sub("\n\n", text).strip()
+
+
+def bench_like_texts(n: int = 500) -> list:
+    """Real tweets (mojibake, entities) and the mutations bench/data_prep.py applies to them."""
+    with open(airline_csv(), encoding="latin-1", newline="") as f:
+        tweets = [r["text"] for r in csv.DictReader(f)]
+    rng = random.Random(0)
+    dirty = [t for t in tweets if clean._NEEDS_FTFY.search(t)][:n]
+    plain = rng.sample([t for t in tweets if not clean._NEEDS_FTFY.search(t)], n)
+    out = []
+    for t in dirty + plain:
+        out += [t, "  " + t.upper(), t.replace(" ", "  "), t + " / " + rng.choice(plain)]
+    return out
+
+
+def test_gated_cleaning_equals_ftfy_on_every_text():
+    texts = bench_like_texts()
+    assert sum(not t.isascii() for t in texts) > 500 and sum("&amp;" in t for t in texts) > 100
+    for t in texts:
+        assert clean.clean_text.__wrapped__(t) == ungated(t), t
+        assert clean.clean_text.__wrapped__(t, True) == ungated(t, True), t
+
+
+PIECES = ["&amp;", "&lt;", "&gt;", "&#39;", "&#x41;", "&eacute;", "&amp;amp;", "&#10;", "&#9;", "&quot;", "&",
+          ";", "#", "a", "Word", " ", "  ", "\t", "\n", "\r\n", "\u2019", "Ã©", "\x07", "&AMP;", "&nbsp;",
+          "\u00a0", "\u2028", "\u3000", "\x85", "\u200b", "\u1680", "\x1c", "é", "ﬁ", "Ａ", "\r"]
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.sampled_from(PIECES), max_size=12).map("".join))
+def test_gated_cleaning_equals_ftfy_on_entity_soup(text):
+    # terminal escapes in '&'-free ASCII are the one documented exception of the older gate, so no "\x1b"
+    assert clean.clean_text.__wrapped__(text) == ungated(text)
+    assert clean.clean_text.__wrapped__(text, True) == ungated(text, True)
+
+
+def test_orjson_reader_matches_json(tmp_path):
+    lines = ['{"a": NaN}', '{"n": 123456789012345678901234567890}', '{"s": "\\ud800"}', '{"a": 1, "a": 2}',
+             '{"f": 1e400}', '{"x": -0.0, "y": [1, 2.5, "\\u00e9"]}', "[1, 2]", '{"a": ', "{'a': 1}"]
+    path = tmp_path / "edge.jsonl"
+    path.write_bytes(("\n".join(lines) + "\n").encode() + b'{"bad": "\xff"}\n')
+    got = [r.fields for r in read_rows(path)]
+    want = []
+    for line in lines:
+        try:
+            obj = json.loads(line + "\n")  # the reader parses the line with its newline
+            want.append(obj if isinstance(obj, dict) else "not_an_object")
+        except json.JSONDecodeError as e:
+            want.append(("invalid_json", f"invalid JSON: {e.msg} at column {e.colno}"))
+    norm = [("not_an_object" if g.get("__error__", ("",))[0] == "not_an_object" else g.get("__error__", g))
+            for g in got]
+    assert norm[:-1] == want and norm[-1][0] == "invalid_utf8"
+    assert repr(got[1]["n"]) == "123456789012345678901234567890"  # not turned into a float
+
+
+def reference_pairs(sigs: np.ndarray, bands: int, rows: int) -> set:
+    """Bucket -> members with a dict: (member, first) and (member, previous) for every later member."""
+    out = set()
+    for b in range(bands):
+        buckets: dict = {}
+        for i, s in enumerate(sigs[:, b * rows:(b + 1) * rows].tolist()):
+            buckets.setdefault(tuple(s), []).append(i)
+        for members in buckets.values():
+            out |= {(m, members[0]) for m in members[1:]} | {(m, p) for p, m in zip(members, members[1:])}
+    return out
+
+
+def test_lsh_codes_match_bucket_dict_and_subset_matches_copy():
+    rng = np.random.default_rng(3)
+    base = rng.integers(0, 5, size=(40, 128), dtype=np.uint32)  # few values: many shared bands
+    sigs = np.concatenate([base, base[rng.integers(0, 40, 200)]])
+    sigs[40:, ::7] = rng.integers(0, 5, size=(200, 19))
+    pairs = dedup.candidate_pairs(sigs, 18, 6)
+    assert {tuple(p) for p in pairs.tolist()} == reference_pairs(sigs, 18, 6)
+    assert pairs.tolist() == sorted(pairs.tolist())
+    sub = rng.permutation(len(sigs))[:150]
+    for t in (0.7, 0.8):
+        assert np.array_equal(dedup.near_pairs(sigs, t, subset=sub), dedup.near_pairs(sigs[sub], t))
+
+
+def test_group_mask_matches_plain_word_sets():
+    m = audit.matchers(audit.identity_terms())
+    _, insensitive, sensitive, _ = m
+    for text in bench_like_texts(150):
+        want = 0
+        for w in set(audit._WORDS.findall(text.lower())) & set(insensitive):
+            want |= insensitive[w]
+        for w in set(audit._WORDS.findall(text)) & set(sensitive):
+            want |= sensitive[w]
+        for phrase in (k for k in insensitive if " " in k):
+            want |= insensitive[phrase] if f" {phrase} " in f" {text.lower()} " else 0
+        assert audit.group_mask(text, m) == want
+
+
+def test_prepare_is_deterministic_and_copies_spooled_lines(tmp_path):
+    rng = random.Random(1)
+    texts = bench_like_texts(60)
+    rows = [{"messages": [{"role": "user", "content": rng.choice(texts)},
+                          {"role": "assistant", "content": rng.choice(["ok", "sorry &amp; thanks", "n/a"])}]}
+            for _ in range(400)]
+    src = tmp_path / "rows.jsonl"
+    src.write_text("\n".join(json.dumps(r) for r in rows) + "\n{\n")
+    outs = []
+    for k in range(2):
+        cfg = DataConfig(source=str(src), task="generation", dedup="near", train_size=0.8, validation_size=0.1,
+                         test_size=0.1)
+        res = prepare(cfg, None, tmp_path / f"out{k}", 0, load_splits=False)
+        counts = res.ledger.to_dict()
+        assert counts["input"] == 401 == counts["kept"] + sum(counts["rejected"].values()) + sum(
+            counts["dropped"].values())
+        outs.append({p.name: p.read_bytes() for p in (tmp_path / f"out{k}").iterdir() if p.suffix == ".jsonl"})
+    assert outs[0] == outs[1] and len(outs[0]) == 5
+    for line in outs[0]["train.jsonl"].decode().splitlines():  # spooled lines are the canonical dump
+        assert line == json.dumps(json.loads(line), ensure_ascii=False)
+
+
+def test_minhash_matches_per_row_definition():
+    texts = bench_like_texts(20)[:60] + ["", "a", "b c", "é ü x"]
+    sigs = dedup.minhash(texts, chunk=16)
+    a, b = dedup._permutations(dedup.NUM_PERM, 1)
+    for i, t in enumerate(texts):
+        words = dedup._WORD.findall(t.casefold())
+        if len(words) >= 2:  # word crc32s combined into bigrams, as documented in shingle_hashes
+            crc = np.array([zlib.crc32(w.encode("utf-8")) for w in words], dtype=np.uint64)
+            g = crc[:-1] * dedup._MIX + crc[1:]
+            assert np.array_equal(dedup.shingle_hashes([t])[0], (g ^ (g >> np.uint64(29))) & dedup._MASK32)
+        h, _ = dedup.shingle_hashes([t])
+        assert np.array_equal(sigs[i], ((np.multiply.outer(h, a) + b) >> np.uint64(32)).min(axis=0))
+
+
+def unhinted_find(text: str) -> list:
+    """pii.find with every pattern run on every text (the hints are only allowed to skip non-matches)."""
+    spans: list = []
+    for typ, _, pattern, ok in pii._PATTERNS:
+        for m in pattern.finditer(text):
+            start, end = next((m.span(g) for g in ("v1", "v2") if g in pattern.groupindex and m.group(g)),
+                              m.span())
+            if (ok is None or ok(m)) and all(end <= s or start >= e for s, e, _ in spans):
+                spans.append((start, end, typ))
+    return sorted(spans)
+
+
+def test_pii_hints_only_skip_texts_without_matches():
+    planted = ["https://ann:pa55word@example.com/x", "ftp://a:b@c.org", "http://x.example.com/a?token=tok12345678x",
+               "api_key=abcd1234", "https://t.co/xyz", "mail li.7@example.com", "DE89370400440532013000",
+               "4111 1111 1111 1111", "123-45-6789", "10.0.0.1", "fe80::1", "(415) 555-0134", "+44 20 7946 0958"]
+    rng = random.Random(2)
+    texts = bench_like_texts(100) + [f"{t} {p}" for t in bench_like_texts(20)[:40] for p in [rng.choice(planted)]]
+    assert sum(bool(unhinted_find(t)) for t in texts) > 30
+    for t in texts:
+        assert pii.find.__wrapped__(t) == unhinted_find(t), t
