@@ -98,13 +98,37 @@ def run_tuneloop(args, packed: bool = False, ablation: str = "") -> dict:
                         compile=ablation == "compile")
     state = sft.setup(path, rows, [], AdapterConfig(r=16, alpha=32, target_modules="all-linear"), train, seed=0)
     history = sft.fit(state, train)
+    held_out = held_out_loss(state.model, state.tokenizer, args)
     steps = [r for r in history if "loss" in r]
     # Throughput from the log, excluding step 1 (CUDA/compile warm-up): tokens and seconds after it.
     tokens = steps[-1]["tokens"] - steps[0]["tokens"]
     seconds = steps[-1]["elapsed_s"] - steps[0]["elapsed_s"]
     params = sum(p.numel() for p in state.model.parameters())
-    return {"tokens": tokens, "seconds": seconds, "final_loss": steps[-1]["loss"],
+    return {"tokens": tokens, "seconds": seconds, "final_loss": steps[-1]["loss"], "held_out_loss": held_out,
             "params": params, "precision": state.precision}
+
+
+HELD_OUT = 64
+
+
+def held_out_loss(model, tok, args) -> float:
+    """Mean label-token loss of the trained model on HELD_OUT fixed rows no configuration trained on, measured
+    the same way for every configuration (the last logged training loss depends on which batch came last)."""
+    import torch
+
+    from tuneloop.train import sft
+    from tuneloop.train.batching import collate, tokenize_chat
+
+    rows = load_rows(args.examples + HELD_OUT)[args.examples:]
+    items = [tokenize_chat(tok, ex.messages) for ex in rows]
+    device, total, n = next(model.parameters()).device, 0.0, 0
+    model.eval()
+    with torch.no_grad():
+        for s in range(0, len(items), 16):
+            batch = collate(items[s: s + 16], tok.pad_token_id)
+            loss, k = sft.label_token_loss(model, {k: v.to(device) for k, v in batch.items()})
+            total, n = total + float(loss), n + k
+    return total / n
 
 
 def all_position_loss(model, batch: dict):
@@ -167,8 +191,10 @@ def run_trl(args, packed_bf16: bool) -> dict:
     trainer.add_callback(StepClock())
     trainer.train()
     losses = [r["loss"] for r in trainer.state.log_history if "loss" in r]
+    with torch.autocast(trainer.model.device.type, dtype=torch.bfloat16, enabled=bool(trainer.args.bf16)):
+        held_out = held_out_loss(trainer.model, tok, args)
     return {"tokens": sum(fed[1: args.steps]), "seconds": tokens["t_end"] - tokens["t1"], "final_loss": losses[-1],
-            "params": None, "precision": "bf16 autocast" if trainer.args.bf16 else "fp32"}
+            "held_out_loss": held_out, "params": None, "precision": "bf16 autocast" if trainer.args.bf16 else "fp32"}
 
 
 RUNNERS = {
@@ -231,7 +257,7 @@ def main() -> None:
         results[name] = r
         gpu = f"  GPU {r['peak_gpu_mb']:6.0f} MB" if "peak_gpu_mb" in r else ""
         print(f"{name:20s} {r['tokens_per_s']:8.1f} tok/s  peak {r['peak_rss_mb']:7.0f} MB{gpu}  "
-              f"loss {r['final_loss']:.4f}  ({r['precision']})")
+              f"loss {r['final_loss']:.4f}  held-out {r['held_out_loss']:.4f}  ({r['precision']})")
     params = next((r["params"] for r in results.values() if r.get("params")), 134_515_008)
     best = results.get("tuneloop", {})
     limit = gflops["bf16"] if best.get("precision") == "bf16" else gflops["fp32"]
@@ -239,6 +265,9 @@ def main() -> None:
         "tokens_per_s": {k: round(v["tokens_per_s"], 1) for k, v in results.items()},
         "peak_rss_mb": {k: round(v["peak_rss_mb"], 1) for k, v in results.items()},
         "final_loss": {k: round(v["final_loss"], 5) for k, v in results.items()},
+        "held_out_loss": {k: round(v["held_out_loss"], 5) for k, v in results.items()},
+        "held_out_loss_vs_trl_default": (round(best["held_out_loss"] / results["trl_default"]["held_out_loss"] - 1, 4)
+                                         if best and "trl_default" in results else None),
         "speedup_vs_trl_default": (round(best["tokens_per_s"] / results["trl_default"]["tokens_per_s"], 3)
                                    if best and "trl_default" in results else None),
         "fraction_of_bf16_limit": (round(best["tokens_per_s"] * 4 * params / (gflops["bf16"] * 1e9), 3)

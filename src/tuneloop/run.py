@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import tempfile
 import time
 from pathlib import Path
 
@@ -40,7 +41,10 @@ def open_run(target: str) -> tuple[str, dict | None]:
 
 
 def _say(msg: str) -> None:
-    print(f"[tuneloop] {msg}", flush=True)
+    from tuneloop.train import distributed
+
+    if distributed.is_main():  # one voice under torchrun
+        print(f"[tuneloop] {msg}", flush=True)
 
 
 def evaluate_model(answer, rows: list, cfg: RunConfig) -> tuple[dict, list]:
@@ -95,7 +99,10 @@ def run(cfg: RunConfig) -> dict:
     from tuneloop.errors import UserError
     from tuneloop.report.html import write_report
     from tuneloop.report.model_card import write_model_card
+    from tuneloop.train import distributed
 
+    distributed.init()  # under torchrun / accelerate launch: join the group; one process: no-op
+    main = distributed.is_main()
     preflight(cfg)
     start = time.time()
     timings: dict = {}
@@ -103,9 +110,11 @@ def run(cfg: RunConfig) -> dict:
     if cfg.train.resume:
         if not (out / "checkpoints").is_dir():
             raise UserError(f"train.resume: no checkpoints in {out}/checkpoints to resume from")
-    elif out.exists():
+    elif out.exists() and main:
         shutil.rmtree(out)
-    out.mkdir(parents=True, exist_ok=True)
+    if main:
+        out.mkdir(parents=True, exist_ok=True)
+    distributed.barrier()
 
     t = time.time()
     base, tok, info = load_base(cfg)
@@ -113,19 +122,21 @@ def run(cfg: RunConfig) -> dict:
     _say(f"base model {info.spec} -> {info.path}")
 
     t = time.time()
-    data = prepare(cfg.data, tok, out / "data", cfg.seed)
+    # Every rank prepares the same (seeded) splits; only rank 0 keeps its files.
+    data = prepare(cfg.data, tok, out / "data" if main else Path(tempfile.mkdtemp(prefix="tuneloop-rank")), cfg.seed)
     timings["data_s"] = round(time.time() - t, 1)
     c = data.ledger
     _say(f"data: {c.input} rows in, {c.kept} kept, rejected {dict(c.rejected)}, dropped {dict(c.dropped)}")
     _say("splits: " + ", ".join(f"{k}={len(v)}" for k, v in data.splits.items()))
-    (out / "config.yaml").write_text(yaml.safe_dump({**to_dict(cfg), "resolved_model": info.to_dict()},
-                                                    sort_keys=False))
+    if main:
+        (out / "config.yaml").write_text(yaml.safe_dump({**to_dict(cfg), "resolved_model": info.to_dict()},
+                                                        sort_keys=False))
     test = data.splits["test"]
 
     results: dict = {}
     answers: dict = {}
     bias: dict = {}
-    base_answer = recipes.base_answers(cfg, base, tok) if cfg.eval.evaluate_base else None
+    base_answer = recipes.base_answers(cfg, base, tok) if cfg.eval.evaluate_base and main else None
     if base_answer is not None:
         t = time.time()
         results["base"], answers["base"] = evaluate_model(base_answer, test, cfg)
@@ -136,8 +147,11 @@ def run(cfg: RunConfig) -> dict:
 
     t = time.time()
     _say(f"training {cfg.train.recipe} ({cfg.adapter.method}) on {info.spec}")
-    trained = recipes.RECIPES[cfg.train.recipe](cfg, info.path, base, data, out)
+    trained = recipes.RECIPES[cfg.train.recipe](cfg, info.path, base, data, out)  # every rank trains
     timings["train_s"] = round(time.time() - t, 1)
+    if not main:  # rank 0 alone evaluates and reports
+        distributed.close()
+        return {}
     _say(f"trained {trained.steps} steps on {trained.examples} examples ({trained.precision})")
 
     t = time.time()
@@ -171,6 +185,7 @@ def run(cfg: RunConfig) -> dict:
     write_report(out, metrics, trained.history, data.manifest, extra["bias_report"])
     write_model_card(out, cfg, info, metrics, data.manifest)
     _say(f"done in {timings['total_s']:.0f}s: {out}")
+    distributed.close()
     return metrics
 
 

@@ -114,3 +114,39 @@ def test_run_with_a_judge_and_trackers(tiny_lm_dir, tmp_path):
     assert len((tmp_path / "run" / "judge.jsonl").read_text().splitlines()) == 8  # both orders saved
     assert "LLM judge" in (tmp_path / "run" / "report.html").read_text()
     assert list((tmp_path / "run" / "tensorboard").glob("events.out.tfevents.*"))
+
+
+def test_torchrun_two_processes_match_one(tiny_lm_dir, tmp_path):
+    """`torchrun --nproc_per_node 2 tuneloop run` (gloo on CPU) trains the same adapter as one process with the
+    same global batch; rank 0 alone writes the run folder."""
+    import os
+    import socket
+
+    from safetensors.torch import load_file
+
+    rows = [{"text": f"seat {i} " + "x " * (i % 7) + ("late" if i % 2 else "fine"),
+             "label": ["positive", "negative"][i % 2]} for i in range(40)]
+    (tmp_path / "rows.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    cfg = {"data": {"source": str(tmp_path / "rows.jsonl"), "labels": ["negative", "positive"],
+                    "train_size": 24, "validation_size": 4, "test_size": 8},
+           "model": {"base": str(tiny_lm_dir)}, "adapter": {"r": 4, "alpha": 8},
+           "train": {"max_steps": 3, "batch_size": 6, "lr": 5e-3, "precision": "fp32", "threads": 1},
+           "eval": {"bias": False, "reference": False, "max_new_tokens": 2}}
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(cfg))
+    one = tuneloop("run", tmp_path / "config.yaml", "--output_dir", tmp_path / "one")
+    assert one.returncode == 0, one.stderr[-3000:]
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+                          "--master_addr", "127.0.0.1", "--master_port", str(port), "-m", "tuneloop.cli", "run",
+                          str(tmp_path / "config.yaml"), "--output_dir", str(tmp_path / "two")],
+                         capture_output=True, text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert two.returncode == 0, two.stderr[-3000:]
+    a = load_file(tmp_path / "one" / "adapter" / "adapter_model.safetensors")
+    b = load_file(tmp_path / "two" / "adapter" / "adapter_model.safetensors")
+    assert a.keys() == b.keys() and all(torch.allclose(a[k], b[k], atol=1e-5, rtol=0) for k in a)
+    losses = [[r["loss"] for r in map(json.loads, (tmp_path / d / "train_log.jsonl").read_text().splitlines())
+               if "loss" in r] for d in ("one", "two")]
+    assert losses[0] == pytest.approx(losses[1], abs=1e-5)
+    assert two.stdout.count("[tuneloop] done") == 1  # one voice: rank 0

@@ -120,3 +120,41 @@ def test_packed_and_padded_training_give_the_same_gradients(tiny, tokenizer):
     ga, gb = _grads(a), _grads(b)
     for k in ga:
         assert torch.allclose(ga[k], gb[k], atol=1e-5, rtol=1e-4), k
+
+
+def _setup_and_step(tiny_lm_dir, tokenizer, **train_kw):
+    """A fresh tiny LoRA setup (same seed) and one accumulation over a fixed batch: (loss, gradients, state)."""
+    train = TrainConfig(precision="fp32", threads=1, **train_kw)
+    state = sft.setup(str(tiny_lm_dir), _examples(4), [], AdapterConfig(method="lora", r=4, alpha=8), train, seed=0)
+    batch = collate([tokenize_chat(tokenizer, c) for c in CONVOS], tokenizer.pad_token_id)
+    loss, _ = sft.accumulate_gradients(state.model, [batch], "cpu")
+    return loss, _grads(state.model), state
+
+
+def test_gradient_checkpointing_recomputes_and_gives_the_same_loss_and_gradients(tiny_lm_dir, tokenizer,
+                                                                                 monkeypatch):
+    loss, grads, _ = _setup_and_step(tiny_lm_dir, tokenizer)
+    calls = []
+    train = TrainConfig(precision="fp32", threads=1, gradient_checkpointing=True)
+    state = sft.setup(str(tiny_lm_dir), _examples(4), [], AdapterConfig(method="lora", r=4, alpha=8), train, seed=0)
+    mlp = sft.causal_lm_parts(state.model)[0].layers[0].mlp
+    forward = mlp.forward  # counted on the instance: the recompute skips module hooks
+    monkeypatch.setattr(mlp, "forward", lambda x: calls.append(1) or forward(x))
+    batch = collate([tokenize_chat(tokenizer, c) for c in CONVOS], tokenizer.pad_token_id)
+    loss_ckpt, _ = sft.accumulate_gradients(state.model, [batch], "cpu")
+    assert len(calls) == 2  # forward, then recomputed in the backward
+    grads_ckpt = _grads(state.model)
+    assert abs(loss - loss_ckpt) < 1e-5 and grads.keys() == grads_ckpt.keys() and grads
+    for k in grads:
+        assert torch.allclose(grads[k], grads_ckpt[k], atol=1e-5, rtol=0), k
+
+
+@pytest.mark.slow  # inductor compiles the body for ~1-3 min on 2 CPU cores
+def test_compiled_body_gives_the_same_loss_and_gradients(tiny_lm_dir, tokenizer):
+    loss, grads, _ = _setup_and_step(tiny_lm_dir, tokenizer)
+    loss_c, grads_c, state = _setup_and_step(tiny_lm_dir, tokenizer, compile=True)
+    body, _ = sft.causal_lm_parts(state.model)
+    assert body._compiled_call_impl is not None
+    assert abs(loss - loss_c) < 1e-5
+    for k in grads:
+        assert torch.allclose(grads[k], grads_c[k], atol=1e-5, rtol=1e-4), k

@@ -25,9 +25,10 @@ from tqdm.auto import tqdm
 
 from tuneloop.config import AdapterConfig, TrainConfig
 from tuneloop.errors import UserError
+from tuneloop.train import distributed
 from tuneloop.train.batching import length_grouped_batches
-from tuneloop.train.sft import _log, _open_log, after_step, build_optimizer, build_peft_config, finish, optimizer_step
-from tuneloop.train.sft import resolve_precision, start_position
+from tuneloop.train.sft import _log, _open_log, after_step, build_optimizer, build_peft_config, compile_body, finish
+from tuneloop.train.sft import gradient_checkpointing, optimizer_step, resolve_precision, start_position
 
 
 @dataclass
@@ -96,6 +97,7 @@ def setup(model_path: str, train_rows: list, val_rows: list, labels: list, adapt
     """Load the base with a new head, attach the adapter, tokenize, build optimizer and schedule."""
     from tuneloop.models.sources import load_tokenizer
 
+    distributed.check_mode(train, "classify")
     torch.manual_seed(seed)  # the head's initialisation
     if train.threads:
         torch.set_num_threads(train.threads)
@@ -115,8 +117,11 @@ def setup(model_path: str, train_rows: list, val_rows: list, labels: list, adapt
         for p in model.parameters():
             if p.requires_grad:
                 p.data = p.data.float()
+    gradient_checkpointing(model, train)
     model.to("cuda" if torch.cuda.is_available() else "cpu")
     model.train()
+    distributed.wrap(model, train)  # ddp: every rank starts from rank 0's head and adapter
+    compile_body(model, train)
     tok_train, tok_val = encode(tok, train_rows, labels, max_tokens), encode(tok, val_rows, labels, max_tokens)
     opt, sched, total = build_optimizer(model, len(tok_train), train)
     return ClassifyState(model, tok, labels, opt, sched, tok_train, tok_val, total, seed, precision)
@@ -140,19 +145,21 @@ def logits_of(model, batch: dict) -> torch.Tensor:
 
 
 def accumulate_gradients(model, micro: list, device) -> tuple[float, int]:
-    """Backward over one step's micro-batches; returns (mean cross-entropy, correct predictions).
+    """Backward over this process's micro-batches of one step; returns the step's (mean cross-entropy, correct
+    predictions) over all processes.
 
-    Normalized by the step's example count, so accumulation splits give the same gradient."""
-    n = sum(len(m["labels"]) for m in micro)
-    step_loss, correct = 0.0, 0
+    Normalized by the step's example count on all ranks, so accumulation splits and process counts give the
+    same gradient (scaled by the world size because gradients are then averaged over ranks, as in sft)."""
+    n = max(1.0, distributed.all_reduce_sum(sum(len(m["labels"]) for m in micro)))
+    loss_total, correct = 0.0, 0
     for m in micro:
         m = {k: v.to(device) for k, v in m.items()}
         logits = logits_of(model, m)
         loss = torch.nn.functional.cross_entropy(logits, m["labels"], reduction="sum")
-        (loss / n).backward()
-        step_loss += float(loss.detach()) / n
+        (loss * distributed.world() / n).backward()
+        loss_total += float(loss.detach())
         correct += int((logits.argmax(-1) == m["labels"]).sum())
-    return step_loss, correct
+    return distributed.all_reduce_sum(loss_total) / n, int(distributed.all_reduce_sum(correct))
 
 
 @torch.no_grad()
@@ -177,18 +184,22 @@ def fit(state: ClassifyState, cfg: TrainConfig, log_path: Path | None = None, ck
     device = next(state.model.parameters()).device
     params = [p for p in state.model.parameters() if p.requires_grad]
     pos = start_position(state, cfg, ckpt_dir)
-    log, t0, stop = _open_log(log_path, state.history), time.time(), False
-    bar = tqdm(total=state.total_steps, initial=pos["step"], desc="classify", unit="step", dynamic_ncols=True)
+    log = _open_log(log_path, state.history, cfg) if distributed.is_main() else None
+    t0, stop = time.time(), False
+    bar = tqdm(total=state.total_steps, initial=pos["step"], desc="classify", unit="step", dynamic_ncols=True,
+               disable=not distributed.is_main())
     window = {"loss": 0.0, "steps": 0, "correct": 0, "seen": 0}
     while pos["step"] < state.total_steps and not stop:
         batches = length_grouped_batches([len(x[0]) for x in state.train], cfg.batch_size, state.seed + pos["epoch"])
         for s in range(pos["batch"], len(batches) - cfg.grad_accum + 1, cfg.grad_accum):
-            micro = [collate([state.train[i] for i in idx], state.tokenizer.pad_token_id)
-                     for idx in batches[s: s + cfg.grad_accum]]
+            step_idx = batches[s: s + cfg.grad_accum]
+            shares = [distributed.share([state.train[i] for i in idx]) for idx in step_idx]  # this rank's examples
+            micro = [collate(part, state.tokenizer.pad_token_id) for part in shares if part]
             step_loss, correct = accumulate_gradients(state.model, micro, device)
+            distributed.average_gradients(params, cfg.distributed)
             optimizer_step(state, params, cfg.max_grad_norm)
             pos.update(step=pos["step"] + 1, batch=s + cfg.grad_accum)
-            seen = sum(len(m["labels"]) for m in micro)
+            seen = sum(len(idx) for idx in step_idx)
             window.update(loss=window["loss"] + step_loss, steps=window["steps"] + 1,
                           correct=window["correct"] + correct, seen=window["seen"] + seen)
             last = pos["step"] >= state.total_steps
@@ -235,7 +246,10 @@ def predict(state: ClassifyState, texts: list, batch_size: int = 32) -> list:
 
 def save(state: ClassifyState, run_dir: Path) -> None:
     """adapter/ (peft: LoRA weights + the trained head) and model/ (merged; AutoModelForSequenceClassification
-    loads it, with id2label naming the classes)."""
+    loads it, with id2label naming the classes). Rank 0 writes; every rank returns once the files exist."""
+    if not distributed.is_main():
+        distributed.barrier()
+        return
     model = state.model
     model.eval()
     if hasattr(model, "merge_and_unload"):
@@ -247,6 +261,7 @@ def save(state: ClassifyState, run_dir: Path) -> None:
     state.tokenizer.save_pretrained(run_dir / "model")
     (run_dir / "model" / "labels.json").write_text(json.dumps(state.labels))
     state.model = model
+    distributed.barrier()
 
 
 def load(model_dir: Path) -> ClassifyState:

@@ -29,9 +29,10 @@ from tqdm.auto import tqdm
 
 from tuneloop.config import AdapterConfig, TrainConfig
 from tuneloop.errors import UserError
+from tuneloop.train import distributed
 from tuneloop.train.batching import IGNORE, collate, length_grouped_batches, tokenize_chat
 from tuneloop.train.sft import _log, _open_log, after_step, attach_adapter, build_optimizer, causal_lm_parts, finish
-from tuneloop.train.sft import optimizer_step, start_position
+from tuneloop.train.sft import compile_body, gradient_checkpointing, optimizer_step, start_position
 from tuneloop.train.sft import resolve_precision
 from tuneloop.train.sft import save as sft_save
 
@@ -147,6 +148,7 @@ def setup(model_path: str, train_rows: list, val_rows: list, adapter: AdapterCon
 
     if beta <= 0:
         raise UserError(f"DPO beta must be > 0 (got {beta}); 0.1 is the usual start")
+    distributed.check_mode(train, "dpo")
     torch.manual_seed(seed)
     if train.threads:
         torch.set_num_threads(train.threads)
@@ -155,8 +157,11 @@ def setup(model_path: str, train_rows: list, val_rows: list, adapter: AdapterCon
     dtype = torch.bfloat16 if precision == "bf16" and adapter.method != "full" else torch.float32
     model = AutoModelForCausalLM.from_pretrained(model_path, dtype=dtype)
     model = attach_adapter(model, adapter)
+    gradient_checkpointing(model, train)
     model.to("cuda" if torch.cuda.is_available() else "cpu")
     model.train()
+    distributed.wrap(model, train)  # ddp: every rank starts from rank 0's adapter
+    compile_body(model, train)
     tok_train = [tokenize_pair(tok, to_pair(r)) for r in train_rows]
     tok_val = [tokenize_pair(tok, to_pair(r)) for r in val_rows]
     fill_reference(model, tok_train + tok_val, tok.pad_token_id, train.batch_size)
@@ -165,17 +170,19 @@ def setup(model_path: str, train_rows: list, val_rows: list, adapter: AdapterCon
 
 
 def accumulate_gradients(state: DPOState, micro: list, device) -> tuple[float, list]:
-    """Backward over one step's micro-batches (lists of PairTokens); returns (mean loss, margins).
+    """Backward over this process's micro-batches (lists of PairTokens) of one step; returns the step's (mean
+    loss, margins) over all processes.
 
-    Normalized by the step's pair count, so accumulation splits give the same gradient."""
-    n = sum(len(m) for m in micro)
-    step_loss, margins = 0.0, []
+    Normalized by the step's pair count on all ranks, so accumulation splits and process counts give the same
+    gradient (scaled by the world size because gradients are then averaged over ranks, as in sft)."""
+    n = max(1.0, distributed.all_reduce_sum(sum(len(m) for m in micro)))
+    loss_total, margins = 0.0, []
     for items in micro:
         losses, margin = dpo_terms(state.model, items, state.beta, state.tokenizer.pad_token_id, device)
-        (losses.sum() / n).backward()
-        step_loss += float(losses.detach().sum()) / n
+        (losses.sum() * distributed.world() / n).backward()
+        loss_total += float(losses.detach().sum())
         margins += margin.tolist()
-    return step_loss, margins
+    return distributed.all_reduce_sum(loss_total) / n, distributed.gather(margins)
 
 
 @torch.no_grad()
@@ -205,14 +212,17 @@ def fit(state: DPOState, cfg: TrainConfig, log_path: Path | None = None, ckpt_di
     device = next(state.model.parameters()).device
     params = [p for p in state.model.parameters() if p.requires_grad]
     pos = start_position(state, cfg, ckpt_dir)
-    log, t0, stop = _open_log(log_path, state.history), time.time(), False
-    bar = tqdm(total=state.total_steps, initial=pos["step"], desc="dpo", unit="step", dynamic_ncols=True)
+    log = _open_log(log_path, state.history, cfg) if distributed.is_main() else None
+    t0, stop = time.time(), False
+    bar = tqdm(total=state.total_steps, initial=pos["step"], desc="dpo", unit="step", dynamic_ncols=True,
+               disable=not distributed.is_main())
     window = {"loss": 0.0, "steps": 0, "margins": []}
     while pos["step"] < state.total_steps and not stop:
         batches = length_grouped_batches([len(p) for p in state.train], cfg.batch_size, state.seed + pos["epoch"])
         for s in range(pos["batch"], len(batches) - cfg.grad_accum + 1, cfg.grad_accum):
-            micro = [[state.train[i] for i in idx] for idx in batches[s: s + cfg.grad_accum]]
-            step_loss, margins = accumulate_gradients(state, micro, device)
+            shares = [distributed.share([state.train[i] for i in idx]) for idx in batches[s: s + cfg.grad_accum]]
+            step_loss, margins = accumulate_gradients(state, [part for part in shares if part], device)
+            distributed.average_gradients(params, cfg.distributed)
             optimizer_step(state, params, cfg.max_grad_norm)
             pos.update(step=pos["step"] + 1, batch=s + cfg.grad_accum)
             window.update(loss=window["loss"] + step_loss, steps=window["steps"] + 1,

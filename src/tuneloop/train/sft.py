@@ -7,11 +7,13 @@
 Throughput choices (CPU first): batches grouped by length so padding is near zero, and the LM head (vocab
 49k x d 576 for SmolLM2 = 21% of the model's FLOPs) runs only at positions that carry a label instead of at
 every token. Loss is the mean over all label tokens of an optimizer step, so accumulation splits agree.
+
+Under torchrun / accelerate launch (see `distributed`), every process runs this same code on its share of
+each step's examples; only rank 0 writes the log, checkpoints and the saved model.
 """
 
 from __future__ import annotations
 
-import json
 import math
 import time
 from dataclasses import dataclass, field
@@ -21,7 +23,7 @@ import torch
 from tqdm.auto import tqdm
 
 from tuneloop.config import AdapterConfig, TrainConfig
-from tuneloop.train import checkpoint
+from tuneloop.train import checkpoint, distributed
 from tuneloop.train.batching import IGNORE, collate, collate_packed, length_grouped_batches, tokenize_chat
 
 
@@ -37,6 +39,11 @@ class TrainState:
     seed: int
     precision: str
     history: list = field(default_factory=list)
+    loss: torch.nn.Module | None = None  # LabelTokenLoss(model); under fsdp its sharded root
+
+    def __post_init__(self):
+        if self.loss is None:
+            self.loss = LabelTokenLoss(self.model)
 
 
 def hardware_bf16() -> bool:
@@ -92,6 +99,26 @@ def build_optimizer(model, n_train: int, train: TrainConfig):
     return opt, sched, total
 
 
+def gradient_checkpointing(model, train: TrainConfig) -> None:
+    """train.gradient_checkpointing for any transformers model, peft-wrapped or not: keep only each layer's
+    input in the forward pass and recompute the rest in the backward (less memory, one more forward)."""
+    if train.gradient_checkpointing:
+        base = model.get_base_model() if hasattr(model, "get_base_model") else model
+        # Non-reentrant checkpointing recomputes correctly even when no input requires grad (frozen embeddings
+        # under LoRA), so peft's enable_input_require_grads, needed by the reentrant variant, is not.
+        base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+
+
+def compile_body(model, train: TrainConfig) -> None:
+    """train.compile: torch.compile the decoder/encoder body in place (names and state dict unchanged).
+
+    The body only: the loss code around it (label positions, head) stays eager. dynamic=True: batch shapes
+    change every step (length grouping), and one symbolic-shape graph beats a recompile per new length."""
+    if train.compile:
+        base = model.get_base_model() if hasattr(model, "get_base_model") else model
+        getattr(base, base.base_model_prefix).compile(dynamic=True)
+
+
 def start_position(state, cfg: TrainConfig, ckpt_dir: Path | None, **counters) -> dict:
     """Where a loop starts: the newest checkpoint's position with cfg.resume, else step 0 (plus counters)."""
     if cfg.resume and ckpt_dir is not None and checkpoint.latest(ckpt_dir) is not None:
@@ -128,6 +155,7 @@ def setup(model_path: str, train_rows: list, val_rows: list, adapter: AdapterCon
 
     from tuneloop.models.sources import load_tokenizer
 
+    distributed.check_mode(train)
     torch.manual_seed(seed)
     if train.threads:
         torch.set_num_threads(train.threads)
@@ -139,13 +167,15 @@ def setup(model_path: str, train_rows: list, val_rows: list, adapter: AdapterCon
         dtype = torch.bfloat16 if precision == "bf16" and adapter.method != "full" else torch.float32
         model = AutoModelForCausalLM.from_pretrained(model_path, dtype=dtype)
     model = attach_adapter(model, adapter)
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    model.to(device)
+    gradient_checkpointing(model, train)
+    model.to("cuda" if torch.cuda.is_available() else "cpu")  # under torchrun: this rank's GPU (LOCAL_RANK)
     model.train()
+    loss = distributed.wrap(model, train, root=LabelTokenLoss(model))  # before the optimizer: fsdp re-creates params
+    compile_body(model, train)
     tok_train = [tokenize_chat(tok, ex.messages) for ex in train_rows]
     tok_val = [tokenize_chat(tok, ex.messages) for ex in val_rows]
     opt, sched, total = build_optimizer(model, len(tok_train), train)
-    return TrainState(model, tok, opt, sched, tok_train, tok_val, total, seed, precision)
+    return TrainState(model, tok, opt, sched, tok_train, tok_val, total, seed, precision, loss=loss)
 
 
 def causal_lm_parts(model):
@@ -171,19 +201,42 @@ def label_token_loss(model, batch: dict) -> tuple[torch.Tensor, int]:
     return loss, int(keep.sum())
 
 
-def accumulate_gradients(model, micro: list, device) -> tuple[float, int]:
-    """Backward over one optimizer step's micro-batches; returns (mean label-token loss, non-pad tokens).
+class LabelTokenLoss(torch.nn.Module):
+    """`label_token_loss` as a module: the root FSDP shards, so its forward gathers the embeddings and head."""
 
-    Normalized by the label tokens of the whole step, not per micro-batch, so 1 x 8 and 8 x 1 accumulation
-    give the same gradient on uneven lengths."""
-    n_labels = sum(int((m["labels"][:, 1:] != IGNORE).sum()) for m in micro)
-    step_loss, tokens = 0.0, 0
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, batch: dict) -> tuple[torch.Tensor, int]:
+        return label_token_loss(self.model, batch)
+
+
+def accumulate_gradients(model, micro: list, device) -> tuple[float, int]:
+    """Backward over this process's micro-batches of one optimizer step; returns the step's (mean label-token
+    loss, non-pad tokens) over all processes. `model`: the causal LM or its LabelTokenLoss.
+
+    Normalized by the label tokens of the whole step on all ranks, not per micro-batch, so 1 x 8 and 8 x 1
+    accumulation, and 1 or N processes, give the same gradient on uneven lengths."""
+    loss_of = model if isinstance(model, LabelTokenLoss) else LabelTokenLoss(model)
+    n_labels = max(1.0, distributed.all_reduce_sum(sum(int((m["labels"][:, 1:] != IGNORE).sum()) for m in micro)))
+    # Gradients are then averaged over ranks (distributed.average_gradients, or FSDP's reduce-scatter): the
+    # average of world * (rank's loss sum) / n_labels is the single-process gradient.
+    scale = distributed.world() / n_labels
+    loss_total, tokens = 0.0, 0
     for m in micro:
-        loss_sum, _ = label_token_loss(model, _to(m, device))
-        (loss_sum / n_labels).backward()
-        step_loss += float(loss_sum.detach()) / n_labels
+        loss_sum, _ = loss_of(_to(m, device))
+        (loss_sum * scale).backward()
+        loss_total += float(loss_sum.detach())
         tokens += int(m["attention_mask"].sum()) if "attention_mask" in m else m["input_ids"].numel()
-    return step_loss, tokens
+    return distributed.all_reduce_sum(loss_total) / n_labels, int(distributed.all_reduce_sum(tokens))
+
+
+def local_share(features: list) -> list:
+    """This process's examples of a global micro-batch: every world-th one. A rank left with none gets a
+    1-token example without labels (zero gradient), so all ranks run the same forwards, as FSDP requires."""
+    mine = distributed.share(features)
+    return mine or [(features[0][0][:1], [IGNORE])]
 
 
 def _to(batch: dict, device) -> dict:
@@ -197,9 +250,9 @@ def evaluate_loss(state: TrainState, batch_size: int) -> float:
     state.model.eval()
     total, n = 0.0, 0
     device = next(state.model.parameters()).device
+    # Every rank computes the whole validation loss (identical results; equal forwards, as FSDP requires).
     for idx in length_grouped_batches([len(x[0]) for x in state.val], batch_size, seed=0):
-        loss, k = label_token_loss(state.model, _to(collate([state.val[i] for i in idx],
-                                                             state.tokenizer.pad_token_id), device))
+        loss, k = state.loss(_to(collate([state.val[i] for i in idx], state.tokenizer.pad_token_id), device))
         total, n = total + float(loss), n + k
     state.model.train()
     return total / max(n, 1)
@@ -213,9 +266,10 @@ def fit(state: TrainState, cfg: TrainConfig, log_path: Path | None = None, ckpt_
     pad = state.tokenizer.pad_token_id
     make_batch = collate_packed if cfg.packing else collate
     params = [p for p in state.model.parameters() if p.requires_grad]
-    pos = start_position(state, cfg, ckpt_dir, tokens=0)
-    log = _open_log(log_path, state.history)
-    bar = tqdm(total=state.total_steps, initial=pos["step"], desc="train", unit="step", dynamic_ncols=True)
+    pos = start_position(state, cfg, ckpt_dir, tokens=0)  # every rank loads the same checkpoint
+    log = _open_log(log_path, state.history, cfg) if distributed.is_main() else None
+    bar = tqdm(total=state.total_steps, initial=pos["step"], desc="train", unit="step", dynamic_ncols=True,
+               disable=not distributed.is_main())
     t0, window = time.time(), {"loss": 0.0, "steps": 0, "tokens": 0, "start": time.time()}
     stop = False
 
@@ -225,8 +279,10 @@ def fit(state: TrainState, cfg: TrainConfig, log_path: Path | None = None, ckpt_
     while pos["step"] < state.total_steps and not stop:
         batches = length_grouped_batches([len(x[0]) for x in state.train], cfg.batch_size, state.seed + pos["epoch"])
         for s in range(pos["batch"], len(batches) - cfg.grad_accum + 1, cfg.grad_accum):
-            micro = [make_batch([state.train[i] for i in idx], pad) for idx in batches[s: s + cfg.grad_accum]]
-            step_loss, n_tokens = accumulate_gradients(state.model, micro, device)
+            micro = [make_batch(local_share([state.train[i] for i in idx]), pad)
+                     for idx in batches[s: s + cfg.grad_accum]]
+            step_loss, n_tokens = accumulate_gradients(state.loss, micro, device)
+            distributed.average_gradients(params, cfg.distributed)
             optimizer_step(state, params, cfg.max_grad_norm)
             pos.update(step=pos["step"] + 1, batch=s + cfg.grad_accum, tokens=pos["tokens"] + n_tokens)
             window.update(loss=window["loss"] + step_loss, steps=window["steps"] + 1,
@@ -253,7 +309,8 @@ def after_step(state, cfg: TrainConfig, pos: dict, ckpt_dir: Path | None, log, l
         metrics = validate()
         _log(state, log, {"step": pos["step"], **metrics})
         val, stop = metrics["val_loss"], _early_stop(pos, metrics["val_loss"], cfg.patience)
-    if ckpt_dir is not None and cfg.save_every and pos["step"] % cfg.save_every == 0 and not last:
+    writes = ckpt_dir is not None and cfg.save_every and distributed.is_main()  # replicas hold the same state
+    if writes and pos["step"] % cfg.save_every == 0 and not last:
         checkpoint.save_checkpoint(ckpt_dir, state, pos, cfg.keep_last, val)
     return stop
 
@@ -263,28 +320,26 @@ def finish(state, cfg: TrainConfig, pos: dict, ckpt_dir: Path | None, log, t0: f
     metrics = validate()
     _log(state, log, {"step": pos["step"], **metrics, "elapsed_s": round(time.time() - t0, 2),
                       **({"early_stopped": True} if stop else {})})
-    if ckpt_dir is not None and cfg.save_every:
+    if ckpt_dir is not None and cfg.save_every and distributed.is_main():
         checkpoint.save_checkpoint(ckpt_dir, state, pos, cfg.keep_last, metrics["val_loss"])
     if log:
         log.close()
     return state.history
 
 
-def _open_log(log_path: Path | None, history: list):
-    """The log file restarts from the (possibly restored) history, so a resumed run has no duplicate lines."""
-    if log_path is None:
-        return None
-    log = open(log_path, "w", encoding="utf-8")
-    for rec in history:
-        log.write(json.dumps(rec) + "\n")
-    return log
+def _open_log(log_path: Path | None, history: list, cfg: TrainConfig):
+    """train_log.jsonl (restarted from the possibly restored history) plus the trackers in cfg.report_to."""
+    from dataclasses import asdict
+
+    from tuneloop.train.tracking import open_log
+
+    return open_log(log_path, history, cfg.report_to, params=asdict(cfg))
 
 
 def _log(state: TrainState, log, rec: dict) -> None:
     state.history.append(rec)
     if log:
-        log.write(json.dumps(rec) + "\n")
-        log.flush()
+        log.record(rec)
 
 
 def _log_window(state: TrainState, pos: dict, window: dict, t0: float, log, bar) -> None:
@@ -307,8 +362,13 @@ def _early_stop(pos: dict, val: float, patience: int) -> bool:
 
 
 def save(state: TrainState, run_dir: Path) -> None:
-    """adapter/ (peft weights + config) and model/ (merged weights, loads in plain transformers)."""
-    model = state.model
+    """adapter/ (peft weights + config) and model/ (merged weights, loads in plain transformers).
+
+    Rank 0 writes; every rank returns once the files exist. Under fsdp every rank must call it (it gathers)."""
+    model = distributed.unsharded_copy(state.model) if distributed.sharded(state.model) else state.model
+    if not distributed.is_main():
+        distributed.barrier()
+        return
     model.eval()
     if hasattr(model, "merge_and_unload"):
         model.save_pretrained(run_dir / "adapter")
@@ -319,4 +379,5 @@ def save(state: TrainState, run_dir: Path) -> None:
     merged = merged.to(torch.float32)
     merged.save_pretrained(run_dir / "model")
     state.tokenizer.save_pretrained(run_dir / "model")
-    state.model = merged
+    state.model, state.loss = merged, LabelTokenLoss(merged)
+    distributed.barrier()
