@@ -115,6 +115,34 @@ def test_accumulation_1x4_equals_4x1(tiny_bert_dir):
             assert torch.allclose(pa.grad, pb.grad, atol=1e-5, rtol=1e-4), k
 
 
+def _class_step(model, micro: list) -> tuple[float, dict]:
+    loss, _ = classify.accumulate_gradients(model, micro, "cpu")
+    return loss, {k: p.grad.clone() for k, p in model.named_parameters() if p.grad is not None}
+
+
+def test_weight_two_equals_the_example_twice_and_weight_zero_removes(tiny_bert_dir):
+    """Weighted mean CE over the step's examples (meta.weight from data.group_balance reweight)."""
+    import copy
+
+    rows = _rows()[:4]
+    for ex, w in zip(rows, [1.0, 2.0, 0.0, 1.0]):
+        ex.meta["weight"] = w
+    state = classify.setup(str(tiny_bert_dir), rows, [], [], AdapterConfig(method="full"), TRAIN)
+    feats, pad = state.train, state.tokenizer.pad_token_id
+    assert [f[2] for f in feats] == [1.0, 2.0, 0.0, 1.0]
+    state.model.eval()  # the invariant is about the loss, not dropout
+    weighted = _class_step(copy.deepcopy(state.model), [classify.collate(feats[:2], pad),
+                                                        classify.collate(feats[2:], pad)])
+    plain = [f[:2] for f in feats]
+    dup = _class_step(copy.deepcopy(state.model), [classify.collate([plain[0], plain[1], plain[1], plain[3]], pad)])
+    assert abs(weighted[0] - dup[0]) < 1e-6
+    assert weighted[1].keys() == dup[1].keys() and weighted[1]
+    for k in weighted[1]:
+        assert torch.allclose(weighted[1][k], dup[1][k], atol=1e-6, rtol=0), k
+    unweighted = classify.setup(str(tiny_bert_dir), _rows()[:4], [], [], AdapterConfig(method="full"), TRAIN)
+    assert all(len(f) == 2 for f in unweighted.train)  # no weights: the plain features and loss path
+
+
 def test_bf16_body_with_fp32_head_runs(tiny_bert_dir):
     train = TrainConfig(max_steps=2, batch_size=4, precision="bf16")
     state = classify.setup(str(tiny_bert_dir), _rows(), [], [], AdapterConfig(method="lora", r=4), train)

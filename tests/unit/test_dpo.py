@@ -110,3 +110,29 @@ def test_dpo_increases_the_chosen_vs_rejected_margin(tiny_lm_dir, tmp_path, meth
 def test_beta_must_be_positive(tiny_lm_dir):
     with pytest.raises(UserError, match="beta"):
         dpo.setup(str(tiny_lm_dir), _pairs(2), [], AdapterConfig(), TrainConfig(), beta=0.0)
+
+
+def test_weight_two_equals_the_pair_twice_and_weight_zero_removes(tiny_lm_dir):
+    """Weighted mean of per-pair losses (meta.weight from data.group_balance reweight) over the whole step."""
+    import copy
+    import dataclasses
+
+    rows = [Example([{"role": "user", "content": f"Is item {i} in stock{'?' * (1 + i % 3)}"},
+                     {"role": "assistant", "content": "Yes, it is in stock."}], meta={"weight": w},
+                    rejected=[{"role": "assistant", "content": "no"}]) for i, w in enumerate([1.0, 2.0, 0.0, 1.0])]
+    train = TrainConfig(max_steps=1, batch_size=4, precision="fp32")
+    state = dpo.setup(str(tiny_lm_dir), rows, [], AdapterConfig(method="lora", r=4), train)
+    assert [p.weight for p in state.train] == [1.0, 2.0, 0.0, 1.0]
+
+    def step(micro):
+        s = dataclasses.replace(state, model=copy.deepcopy(state.model))
+        loss, _ = dpo.accumulate_gradients(s, micro, "cpu")
+        return loss, {k: p.grad.clone() for k, p in s.model.named_parameters() if p.grad is not None}
+
+    weighted = step([state.train[:2], state.train[2:]])
+    plain = [dataclasses.replace(p, weight=1.0) for p in state.train]
+    dup = step([[plain[0], plain[1]], [plain[1], plain[3]]])
+    assert abs(weighted[0] - dup[0]) < 1e-6
+    assert weighted[1].keys() == dup[1].keys() and weighted[1]
+    for k in weighted[1]:
+        assert torch.allclose(weighted[1][k], dup[1][k], atol=1e-6, rtol=0), k

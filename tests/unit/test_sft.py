@@ -8,13 +8,16 @@ from transformers import AutoModelForCausalLM
 
 from tuneloop.config import AdapterConfig, TrainConfig
 from tuneloop.data.formats import Example
+from tuneloop.errors import UserError
 from tuneloop.train import sft
-from tuneloop.train.batching import IGNORE, collate, tokenize_chat
+from tuneloop.train.batching import IGNORE, collate, collate_packed, tokenize_chat
 
 CONVOS = [
     [{"role": "user", "content": "x " * n + "?"}, {"role": "assistant", "content": "answer " * (1 + n % 3)}]
     for n in (1, 7, 3, 12, 5, 2, 9, 4)  # uneven lengths on purpose
 ]
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture()
@@ -158,3 +161,58 @@ def test_compiled_body_gives_the_same_loss_and_gradients(tiny_lm_dir, tokenizer)
     assert abs(loss - loss_c) < 1e-5
     for k in grads:
         assert torch.allclose(grads[k], grads_c[k], atol=1e-5, rtol=1e-4), k
+
+
+def _weighted(feats: list, weights: list) -> list:
+    return [(*f, w) for f, w in zip(feats, weights)]
+
+
+def _step(model, micro: list) -> tuple[float, dict]:
+    loss, _ = sft.accumulate_gradients(model, micro, "cpu")
+    return loss, _grads(model)
+
+
+def _assert_same_step(a: tuple, b: tuple, tol: float = 1e-6) -> None:
+    assert abs(a[0] - b[0]) < tol, (a[0], b[0])
+    assert a[1].keys() == b[1].keys() and a[1]
+    for k in a[1]:
+        assert torch.allclose(a[1][k], b[1][k], atol=tol, rtol=0), k
+
+
+@pytest.mark.parametrize("make", [collate, collate_packed], ids=["padded", "packed"])
+def test_weight_two_equals_the_example_twice_in_the_step(tiny, tokenizer, make):
+    """sum_e w_e CE_e / sum_e w_e n_e over the whole step: weight 2 == the example twice, across micro-batches."""
+    feats, pad = [tokenize_chat(tokenizer, c) for c in CONVOS[:4]], tokenizer.pad_token_id
+    w = _weighted(feats, [1.0, 2.0, 1.0, 0.5])
+    weighted = _step(copy.deepcopy(tiny), [make(w[:2], pad), make(w[2:], pad)])  # 2 x 2 accumulation
+    # weight 0.5 has no duplicate form, so the reference keeps it in a weighted micro-batch of its own
+    twice = [feats[0], feats[1], feats[1], feats[2]]
+    reference = _step(copy.deepcopy(tiny), [make(twice, pad), make([(*feats[3], 0.5)], pad)])
+    _assert_same_step(weighted, reference)
+
+
+def test_weight_two_equals_duplicate_and_weight_zero_removes(tiny, tokenizer):
+    feats, pad = [tokenize_chat(tokenizer, c) for c in CONVOS[:4]], tokenizer.pad_token_id
+    doubled = _step(copy.deepcopy(tiny), [collate(_weighted(feats, [1.0, 2.0, 1.0, 1.0]), pad)])
+    twice = _step(copy.deepcopy(tiny), [collate([feats[0], feats[1], feats[1], feats[2], feats[3]], pad)])
+    _assert_same_step(doubled, twice)
+    zero = _step(copy.deepcopy(tiny), [collate(_weighted(feats, [0.0, 1.0, 1.0, 1.0]), pad)])
+    without = _step(copy.deepcopy(tiny), [collate(feats[1:], pad)])
+    _assert_same_step(zero, without)
+
+
+def test_weights_reach_the_train_features_only_when_some_differ_from_one(tiny_lm_dir):
+    """Unweighted data keeps plain (input_ids, labels) features, so its loss code is unchanged."""
+    train = TrainConfig(max_steps=1, batch_size=4, precision="fp32", threads=1)
+    adapter = AdapterConfig(method="lora", r=4, alpha=8)
+    rows = _examples(4)
+    for ex in rows:
+        ex.meta["weight"] = 1.0
+    assert all(len(f) == 2 for f in sft.setup(str(tiny_lm_dir), rows, [], adapter, train).train)
+    rows[1].meta["weight"] = 2.5
+    state = sft.setup(str(tiny_lm_dir), rows, [], adapter, train)
+    assert [f[2] for f in state.train] == [1.0, 2.5, 1.0, 1.0]
+    assert sft.fit(state, train)[0]["loss"] > 0
+    rows[1].meta["weight"] = -1
+    with pytest.raises(UserError, match="weight"):
+        sft.setup(str(tiny_lm_dir), rows, [], adapter, train)

@@ -5,6 +5,10 @@
     batch = collate(features, pad_id)          # padded [B, T] + attention_mask
     batch = collate_packed(features, pad_id)   # [1, sum T] + restarting position_ids (no padding at all)
 
+A feature is (input_ids, labels), or (input_ids, labels, weight) for an example the data stage reweighted
+(`data.group_balance: reweight` writes meta["weight"]); a batch with any weighted feature also carries
+"label_weights" (the labels' shape, each token holding its example's weight), which the loss multiplies in.
+
 The mask comes from rendering the template incrementally (conversation up to turn i with the generation
 prompt, then through turn i) and checking that each rendering is a token prefix of the full one. No string
 matching on role markers, so any template that renders prefix-stable works (ChatML, Llama-3, ...).
@@ -12,6 +16,7 @@ matching on role markers, so any template that renders prefix-stable works (Chat
 
 from __future__ import annotations
 
+import math
 import random
 
 import torch
@@ -65,6 +70,28 @@ def tokenize_chat(tok, messages: list) -> tuple[list, list]:
     return full, labels
 
 
+def example_weight(ex) -> float:
+    """An Example's training weight: meta["weight"] from data.group_balance reweight, else 1."""
+    w = getattr(ex, "meta", {}).get("weight", 1.0)
+    if not isinstance(w, (int, float)) or not math.isfinite(w) or w < 0:
+        raise UserError(f"an example's meta.weight is {w!r}; weights must be finite numbers >= 0 "
+                        "(re-run `tuneloop data` or fix the row)")
+    return float(w)
+
+
+def with_weights(features: list, rows: list) -> list:
+    """Append each row's weight to its feature, only when some weight differs from 1: unweighted data keeps
+    plain (input_ids, labels) features and the unweighted loss code, bit for bit."""
+    weights = [example_weight(ex) for ex in rows]
+    if all(w == 1.0 for w in weights):
+        return features
+    return [(*f, w) for f, w in zip(features, weights)]
+
+
+def weight_of(feature: tuple) -> float:
+    return feature[2] if len(feature) > 2 else 1.0
+
+
 def length_grouped_batches(lengths: list, batch_size: int, seed: int, group: int = 64) -> list:
     """Batches of indices with similar lengths (little padding), in a seeded random order.
 
@@ -83,16 +110,20 @@ def length_grouped_batches(lengths: list, batch_size: int, seed: int, group: int
 
 
 def collate(features: list, pad_id: int) -> dict:
-    """Right-pad a list of (input_ids, labels) to one batch. Shapes: [B, T]."""
-    width = max(len(ids) for ids, _ in features)
+    """Right-pad a list of (input_ids, labels[, weight]) to one batch. Shapes: [B, T]."""
+    width = max(len(f[0]) for f in features)
     input_ids = torch.full((len(features), width), pad_id, dtype=torch.long)
     labels = torch.full((len(features), width), IGNORE, dtype=torch.long)
     attention = torch.zeros((len(features), width), dtype=torch.long)
-    for b, (ids, lab) in enumerate(features):
+    for b, (ids, lab, *_) in enumerate(features):
         input_ids[b, : len(ids)] = torch.tensor(ids)
         labels[b, : len(lab)] = torch.tensor(lab)
         attention[b, : len(ids)] = 1
-    return {"input_ids": input_ids, "labels": labels, "attention_mask": attention}
+    batch = {"input_ids": input_ids, "labels": labels, "attention_mask": attention}
+    if any(len(f) > 2 for f in features):
+        rows = torch.tensor([weight_of(f) for f in features], dtype=torch.float32)
+        batch["label_weights"] = rows[:, None].expand(-1, width).contiguous()  # [B, T]
+    return batch
 
 
 def collate_packed(features: list, pad_id: int) -> dict:
@@ -101,9 +132,13 @@ def collate_packed(features: list, pad_id: int) -> dict:
     transformers turns restarting position_ids (with no attention_mask and no cache) into a block-diagonal
     causal mask, so no token attends across examples. Shapes: [1, sum of lengths]. The first token of each
     example is never a target, so the last token of one example does not learn to predict the next one."""
-    ids, labels, pos = [], [], []
-    for f_ids, f_labels in features:
-        ids += f_ids
-        labels += [IGNORE] + list(f_labels[1:])
-        pos += list(range(len(f_ids)))
-    return {"input_ids": torch.tensor([ids]), "labels": torch.tensor([labels]), "position_ids": torch.tensor([pos])}
+    ids, labels, pos, weights = [], [], [], []
+    for f in features:
+        ids += f[0]
+        labels += [IGNORE] + list(f[1][1:])
+        pos += list(range(len(f[0])))
+        weights += [weight_of(f)] * len(f[0])
+    batch = {"input_ids": torch.tensor([ids]), "labels": torch.tensor([labels]), "position_ids": torch.tensor([pos])}
+    if any(len(f) > 2 for f in features):
+        batch["label_weights"] = torch.tensor([weights], dtype=torch.float32)  # [1, sum T]
+    return batch

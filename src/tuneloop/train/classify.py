@@ -26,7 +26,7 @@ from tqdm.auto import tqdm
 from tuneloop.config import AdapterConfig, TrainConfig
 from tuneloop.errors import UserError
 from tuneloop.train import distributed
-from tuneloop.train.batching import length_grouped_batches
+from tuneloop.train.batching import length_grouped_batches, weight_of, with_weights
 from tuneloop.train.sft import _log, _open_log, after_step, build_optimizer, build_peft_config, compile_body, finish
 from tuneloop.train.sft import gradient_checkpointing, optimizer_step, resolve_precision, start_position
 
@@ -38,7 +38,7 @@ class ClassifyState:
     labels: list  # class index -> label string
     optimizer: torch.optim.Optimizer | None  # None after load(): prediction only
     scheduler: torch.optim.lr_scheduler.LRScheduler | None
-    train: list = field(default_factory=list)  # [(input_ids, class index)]
+    train: list = field(default_factory=list)  # [(input_ids, class index)], + weight when the data has weights
     val: list = field(default_factory=list)
     total_steps: int = 0
     seed: int = 0
@@ -122,21 +122,26 @@ def setup(model_path: str, train_rows: list, val_rows: list, labels: list, adapt
     model.train()
     distributed.wrap(model, train)  # ddp: every rank starts from rank 0's head and adapter
     compile_body(model, train)
-    tok_train, tok_val = encode(tok, train_rows, labels, max_tokens), encode(tok, val_rows, labels, max_tokens)
+    tok_train = with_weights(encode(tok, train_rows, labels, max_tokens), train_rows)
+    tok_val = encode(tok, val_rows, labels, max_tokens)
     opt, sched, total = build_optimizer(model, len(tok_train), train)
     return ClassifyState(model, tok, labels, opt, sched, tok_train, tok_val, total, seed, precision)
 
 
 def collate(features: list, pad_id: int) -> dict:
-    """Right-pad [(input_ids, class)] to one batch: input_ids/attention_mask [B, T], labels [B]."""
-    width = max(len(ids) for ids, _ in features)
+    """Right-pad [(input_ids, class[, weight])] to one batch: input_ids/attention_mask [B, T], labels [B]
+    (and weights [B] when any feature has one)."""
+    width = max(len(f[0]) for f in features)
     input_ids = torch.full((len(features), width), pad_id, dtype=torch.long)
     attention = torch.zeros((len(features), width), dtype=torch.long)
-    for b, (ids, _) in enumerate(features):
+    for b, (ids, *_) in enumerate(features):
         input_ids[b, : len(ids)] = torch.tensor(ids)
         attention[b, : len(ids)] = 1
-    return {"input_ids": input_ids, "attention_mask": attention,
-            "labels": torch.tensor([y for _, y in features], dtype=torch.long)}
+    batch = {"input_ids": input_ids, "attention_mask": attention,
+             "labels": torch.tensor([f[1] for f in features], dtype=torch.long)}
+    if any(len(f) > 2 for f in features):
+        batch["weights"] = torch.tensor([weight_of(f) for f in features], dtype=torch.float32)
+    return batch
 
 
 def logits_of(model, batch: dict) -> torch.Tensor:
@@ -149,13 +154,18 @@ def accumulate_gradients(model, micro: list, device) -> tuple[float, int]:
     predictions) over all processes.
 
     Normalized by the step's example count on all ranks, so accumulation splits and process counts give the
-    same gradient (scaled by the world size because gradients are then averaged over ranks, as in sft)."""
-    n = max(1.0, distributed.all_reduce_sum(sum(len(m["labels"]) for m in micro)))
+    same gradient (scaled by the world size because gradients are then averaged over ranks, as in sft).
+    With example weights: sum_e w_e * CE_e / sum_e w_e, the weighted mean."""
+    n = distributed.all_reduce_sum(sum(float(m["weights"].sum()) if "weights" in m else len(m["labels"])
+                                       for m in micro)) or 1.0
     loss_total, correct = 0.0, 0
     for m in micro:
         m = {k: v.to(device) for k, v in m.items()}
         logits = logits_of(model, m)
-        loss = torch.nn.functional.cross_entropy(logits, m["labels"], reduction="sum")
+        if "weights" in m:
+            loss = (torch.nn.functional.cross_entropy(logits, m["labels"], reduction="none") * m["weights"]).sum()
+        else:
+            loss = torch.nn.functional.cross_entropy(logits, m["labels"], reduction="sum")
         (loss * distributed.world() / n).backward()
         loss_total += float(loss.detach())
         correct += int((logits.argmax(-1) == m["labels"]).sum())

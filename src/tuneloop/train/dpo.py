@@ -30,7 +30,7 @@ from tqdm.auto import tqdm
 from tuneloop.config import AdapterConfig, TrainConfig
 from tuneloop.errors import UserError
 from tuneloop.train import distributed
-from tuneloop.train.batching import IGNORE, collate, length_grouped_batches, tokenize_chat
+from tuneloop.train.batching import IGNORE, collate, example_weight, length_grouped_batches, tokenize_chat
 from tuneloop.train.sft import _log, _open_log, after_step, attach_adapter, build_optimizer, causal_lm_parts, finish
 from tuneloop.train.sft import compile_body, gradient_checkpointing, optimizer_step, start_position
 from tuneloop.train.sft import resolve_precision
@@ -52,6 +52,7 @@ class PairTokens:
     rejected: tuple
     ref_chosen: float = 0.0  # reference log-prob of the chosen answer, filled in by setup
     ref_rejected: float = 0.0
+    weight: float = 1.0  # the row's data-stage weight (meta.weight), for the weighted mean of pair losses
 
     def __len__(self) -> int:  # for length grouping: the longer of the two sequences
         return max(len(self.chosen[0]), len(self.rejected[0]))
@@ -163,6 +164,8 @@ def setup(model_path: str, train_rows: list, val_rows: list, adapter: AdapterCon
     distributed.wrap(model, train)  # ddp: every rank starts from rank 0's adapter
     compile_body(model, train)
     tok_train = [tokenize_pair(tok, to_pair(r)) for r in train_rows]
+    for p, r in zip(tok_train, train_rows):
+        p.weight = example_weight(r)
     tok_val = [tokenize_pair(tok, to_pair(r)) for r in val_rows]
     fill_reference(model, tok_train + tok_val, tok.pad_token_id, train.batch_size)
     opt, sched, total = build_optimizer(model, len(tok_train), train)
@@ -174,11 +177,14 @@ def accumulate_gradients(state: DPOState, micro: list, device) -> tuple[float, l
     loss, margins) over all processes.
 
     Normalized by the step's pair count on all ranks, so accumulation splits and process counts give the same
-    gradient (scaled by the world size because gradients are then averaged over ranks, as in sft)."""
-    n = max(1.0, distributed.all_reduce_sum(sum(len(m) for m in micro)))
+    gradient (scaled by the world size because gradients are then averaged over ranks, as in sft). Pairs with
+    a data-stage weight make it the weighted mean sum_p w_p * loss_p / sum_p w_p (all 1: the plain mean, bit
+    for bit, since multiplying by 1.0 is exact)."""
+    n = distributed.all_reduce_sum(sum(p.weight for m in micro for p in m)) or 1.0
     loss_total, margins = 0.0, []
     for items in micro:
         losses, margin = dpo_terms(state.model, items, state.beta, state.tokenizer.pad_token_id, device)
+        losses = losses * torch.tensor([p.weight for p in items], device=device)  # [B]
         (losses.sum() * distributed.world() / n).backward()
         loss_total += float(losses.detach().sum())
         margins += margin.tolist()

@@ -6,7 +6,8 @@
 
 Throughput choices (CPU first): batches grouped by length so padding is near zero, and the LM head (vocab
 49k x d 576 for SmolLM2 = 21% of the model's FLOPs) runs only at positions that carry a label instead of at
-every token. Loss is the mean over all label tokens of an optimizer step, so accumulation splits agree.
+every token. Loss is the mean over all label tokens of an optimizer step, so accumulation splits agree;
+examples with a data-stage weight (meta.weight) count their tokens that many times.
 
 Under torchrun / accelerate launch (see `distributed`), every process runs this same code on its share of
 each step's examples; only rank 0 writes the log, checkpoints and the saved model.
@@ -25,6 +26,7 @@ from tqdm.auto import tqdm
 from tuneloop.config import AdapterConfig, TrainConfig
 from tuneloop.train import checkpoint, distributed
 from tuneloop.train.batching import IGNORE, collate, collate_packed, length_grouped_batches, tokenize_chat
+from tuneloop.train.batching import with_weights
 
 
 @dataclass
@@ -33,7 +35,7 @@ class TrainState:
     tokenizer: object
     optimizer: torch.optim.Optimizer
     scheduler: torch.optim.lr_scheduler.LRScheduler
-    train: list  # [(input_ids, labels)]
+    train: list  # [(input_ids, labels)], or [(input_ids, labels, weight)] when the data has example weights
     val: list
     total_steps: int
     seed: int
@@ -106,7 +108,10 @@ def gradient_checkpointing(model, train: TrainConfig) -> None:
         base = model.get_base_model() if hasattr(model, "get_base_model") else model
         # Non-reentrant checkpointing recomputes correctly even when no input requires grad (frozen embeddings
         # under LoRA), so peft's enable_input_require_grads, needed by the reentrant variant, is not.
-        base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        if hasattr(base, "activation_checkpointing_enable"):  # transformers >= 5.24 name
+            base.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+        else:
+            base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
 
 
 def compile_body(model, train: TrainConfig) -> None:
@@ -172,7 +177,7 @@ def setup(model_path: str, train_rows: list, val_rows: list, adapter: AdapterCon
     model.train()
     loss = distributed.wrap(model, train, root=LabelTokenLoss(model))  # before the optimizer: fsdp re-creates params
     compile_body(model, train)
-    tok_train = [tokenize_chat(tok, ex.messages) for ex in train_rows]
+    tok_train = with_weights([tokenize_chat(tok, ex.messages) for ex in train_rows], train_rows)
     tok_val = [tokenize_chat(tok, ex.messages) for ex in val_rows]
     opt, sched, total = build_optimizer(model, len(tok_train), train)
     return TrainState(model, tok, opt, sched, tok_train, tok_val, total, seed, precision, loss=loss)
@@ -184,10 +189,11 @@ def causal_lm_parts(model):
     return getattr(base, base.base_model_prefix), base.get_output_embeddings()
 
 
-def label_token_loss(model, batch: dict) -> tuple[torch.Tensor, int]:
+def label_token_loss(model, batch: dict) -> tuple[torch.Tensor, int | float]:
     """Sum of next-token cross-entropy over label positions, and their count.
 
-    The body runs on all tokens; the LM head only on the positions whose next token is a label."""
+    The body runs on all tokens; the LM head only on the positions whose next token is a label. A batch with
+    "label_weights" gives the weighted sum and the weighted count (sum of the label tokens' weights)."""
     body, head = causal_lm_parts(model)
     if "position_ids" in batch:  # packed: block-diagonal attention from restarting position ids
         hidden = body(input_ids=batch["input_ids"], position_ids=batch["position_ids"], use_cache=False)
@@ -197,8 +203,19 @@ def label_token_loss(model, batch: dict) -> tuple[torch.Tensor, int]:
     targets = batch["labels"][:, 1:]  # [B, T-1]: position t predicts token t+1
     keep = targets != IGNORE
     logits = head(hidden[:, :-1][keep]).float()  # [N_label, V]
-    loss = torch.nn.functional.cross_entropy(logits, targets[keep], reduction="sum")
-    return loss, int(keep.sum())
+    if "label_weights" not in batch:
+        return torch.nn.functional.cross_entropy(logits, targets[keep], reduction="sum"), int(keep.sum())
+    weights = batch["label_weights"][:, 1:][keep]  # [N_label]: the example weight of each target token
+    loss = torch.nn.functional.cross_entropy(logits, targets[keep], reduction="none")
+    return (loss * weights).sum(), float(weights.sum())
+
+
+def label_count(batch: dict) -> int | float:
+    """The loss normalizer's share of one batch: its label tokens, each counted with its example's weight."""
+    keep = batch["labels"][:, 1:] != IGNORE
+    if "label_weights" not in batch:
+        return int(keep.sum())
+    return float(batch["label_weights"][:, 1:][keep].sum())
 
 
 class LabelTokenLoss(torch.nn.Module):
@@ -217,9 +234,10 @@ def accumulate_gradients(model, micro: list, device) -> tuple[float, int]:
     loss, non-pad tokens) over all processes. `model`: the causal LM or its LabelTokenLoss.
 
     Normalized by the label tokens of the whole step on all ranks, not per micro-batch, so 1 x 8 and 8 x 1
-    accumulation, and 1 or N processes, give the same gradient on uneven lengths."""
+    accumulation, and 1 or N processes, give the same gradient on uneven lengths. With example weights both
+    sums are weighted: sum_e w_e * CE_e / sum_e w_e * n_e, so weight 2 == the example twice in the step."""
     loss_of = model if isinstance(model, LabelTokenLoss) else LabelTokenLoss(model)
-    n_labels = max(1.0, distributed.all_reduce_sum(sum(int((m["labels"][:, 1:] != IGNORE).sum()) for m in micro)))
+    n_labels = distributed.all_reduce_sum(sum(label_count(m) for m in micro)) or 1.0  # 0 labels: zero gradient
     # Gradients are then averaged over ranks (distributed.average_gradients, or FSDP's reduce-scatter): the
     # average of world * (rank's loss sum) / n_labels is the single-process gradient.
     scale = distributed.world() / n_labels
