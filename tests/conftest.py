@@ -38,6 +38,24 @@ def build_tiny_llama(path: Path, seed: int = 0, layers: int = 2) -> Path:
     return path
 
 
+def build_tiny_bert(path: Path, words: list) -> Path:
+    """Save a random 2-layer BERT (d=32) with a WordPiece tokenizer over `words` (special tokens first) to `path`.
+
+    initializer_range 0.2 (not BERT's 0.02): at 0.02 a random encoder's [CLS] output barely depends on the
+    input, and fine-tuning then needs hundreds of steps to find the one informative word."""
+    import torch
+    from transformers import BertConfig, BertModel, BertTokenizer
+
+    tok = BertTokenizer(vocab={w: i for i, w in enumerate(words)})
+    torch.manual_seed(0)
+    cfg = BertConfig(vocab_size=len(words), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                     intermediate_size=64, max_position_embeddings=64, pad_token_id=tok.pad_token_id,
+                     initializer_range=0.2, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+    BertModel(cfg).save_pretrained(path)
+    tok.save_pretrained(path)
+    return path
+
+
 @pytest.fixture(scope="session")
 def tiny_lm_dir(tmp_path_factory) -> Path:
     """Folder with a tiny random Llama + the real SmolLM2 tokenizer (ChatML). Treat as read-only."""

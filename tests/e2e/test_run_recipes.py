@@ -9,6 +9,8 @@ import pytest
 import torch
 import yaml
 
+from tests.conftest import build_tiny_bert
+
 WORDS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "the", "flight", "crew", "seat", "was", "good", "bad",
          "number"] + [str(i) for i in range(40)]
 
@@ -20,17 +22,7 @@ def tuneloop(*args):
 
 @pytest.fixture(scope="module")
 def tiny_bert_dir(tmp_path_factory):
-    from transformers import BertConfig, BertModel, BertTokenizer
-
-    path = tmp_path_factory.mktemp("tiny-bert")
-    tok = BertTokenizer(vocab={w: i for i, w in enumerate(WORDS)})
-    torch.manual_seed(0)
-    cfg = BertConfig(vocab_size=len(WORDS), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                     intermediate_size=64, max_position_embeddings=64, pad_token_id=tok.pad_token_id,
-                     initializer_range=0.2, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
-    BertModel(cfg).save_pretrained(path)
-    tok.save_pretrained(path)
-    return path
+    return build_tiny_bert(tmp_path_factory.mktemp("tiny-bert"), WORDS)
 
 
 def test_classify_recipe_on_an_encoder(tiny_bert_dir, tmp_path):

@@ -11,6 +11,8 @@ from tuneloop.data.formats import Example
 from tuneloop.errors import UserError
 from tuneloop.train import classify
 
+from tests.conftest import build_tiny_bert
+
 SUBJECTS = ["the flight", "my seat", "the crew", "the food", "the gate", "my bag", "the lounge", "the app"]
 WORDS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "was", "really", "good", "bad", "great", "awful"] + \
         sorted({w for s in SUBJECTS for w in s.split()})
@@ -29,21 +31,7 @@ def _rows(words=("good", "bad")) -> list:
 
 @pytest.fixture(scope="module")
 def tiny_bert_dir(tmp_path_factory):
-    """A random 2-layer BERT (d=32) with a WordPiece tokenizer over the test's own words.
-
-    initializer_range 0.2 (not BERT's 0.02): at 0.02 a random encoder's [CLS] output barely depends on the
-    input, and full fine-tuning then needs hundreds of steps to find the one informative word."""
-    from transformers import BertConfig, BertModel, BertTokenizer
-
-    path = tmp_path_factory.mktemp("tiny-bert")
-    tok = BertTokenizer(vocab={w: i for i, w in enumerate(WORDS)})
-    torch.manual_seed(0)
-    cfg = BertConfig(vocab_size=len(WORDS), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                     intermediate_size=64, max_position_embeddings=64, pad_token_id=tok.pad_token_id,
-                     initializer_range=0.2, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
-    BertModel(cfg).save_pretrained(path)
-    tok.save_pretrained(path)
-    return path
+    return build_tiny_bert(tmp_path_factory.mktemp("tiny-bert"), WORDS)
 
 
 TRAIN = TrainConfig(epochs=8, batch_size=4, lr=1e-2, warmup_ratio=0.0, log_every=4, precision="fp32")

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -40,15 +39,9 @@ class Target:
 
 def load_target(spec: str, endpoint_model: str = "") -> Target:
     if spec.startswith(("http://", "https://")):
-        from openai import OpenAI
+        from tuneloop.evaluate.generate import connect
 
-        client = OpenAI(base_url=spec, api_key=os.environ.get("OPENAI_API_KEY", "none"), max_retries=2)
-        if not endpoint_model:
-            try:
-                endpoint_model = client.models.list().data[0].id
-            except Exception as e:  # connection refused, 404, empty list: all mean "cannot use this URL"
-                raise UserError(f"cannot list models at {spec} ({type(e).__name__}); is the server up? "
-                                "(or pass --endpoint-model)") from e
+        client, endpoint_model = connect(spec, endpoint_model)
         return Target(spec, client=client, endpoint_model=endpoint_model)
     from tuneloop.models.sources import load_causal_lm
 

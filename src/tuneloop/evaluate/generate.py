@@ -1,12 +1,15 @@
-"""Batched greedy generation with a KV cache, for evaluation and chat.
+"""Batched greedy generation with a KV cache, for evaluation and chat; and the client for endpoints.
 
     answers = generate(model, tok, [ex.messages[:-1] for ex in test], max_new_tokens=8, batch_size=32)
+    client, model_name = connect("http://127.0.0.1:8000/v1")    # an OpenAI-compatible server instead
 
 Prompts are sorted by length before batching (left padding, so little wasted compute) and answers are
 returned in the input order.
 """
 
 from __future__ import annotations
+
+import os
 
 import torch
 from tqdm.auto import tqdm
@@ -41,3 +44,21 @@ def generate(model, tok, conversations: list, max_new_tokens: int = 64, batch_si
         bar.update(len(idx))
     bar.close()
     return out
+
+
+def connect(url: str, model: str = "", what: str = "", option: str = "--endpoint-model", timeout: float = 600):
+    """(openai client, model name) for an OpenAI-compatible base URL; an empty name takes its first model.
+
+    Fails here, with one line, when the URL cannot list models: before any model is loaded or trained."""
+    from openai import OpenAI
+
+    from tuneloop.errors import UserError
+
+    client = OpenAI(base_url=url, api_key=os.environ.get("OPENAI_API_KEY", "none"), max_retries=2, timeout=timeout)
+    if not model:
+        try:
+            model = client.models.list().data[0].id
+        except Exception as e:  # connection refused, 404, empty list: all mean "cannot use this URL"
+            raise UserError(f"{what}cannot list models at {url} ({type(e).__name__}); is the server up? "
+                            f"(or pass {option})") from e
+    return client, model

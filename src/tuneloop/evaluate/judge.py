@@ -17,7 +17,6 @@ line per request), so a reader can audit the judge. CIs: percentile bootstrap ov
 from __future__ import annotations
 
 import json
-import os
 import random
 import re
 from concurrent.futures import ThreadPoolExecutor
@@ -105,17 +104,10 @@ def parse_score(reply: str) -> int | None:
 
 # ---- requests --------------------------------------------------------------------------------------------------
 def connect(url: str, model: str = "") -> tuple:
-    """(openai client, model name); an empty name takes the endpoint's first model."""
-    from openai import OpenAI
+    """(openai client, judge model name); an empty name takes the endpoint's first model."""
+    from tuneloop.evaluate.generate import connect as endpoint
 
-    client = OpenAI(base_url=url, api_key=os.environ.get("OPENAI_API_KEY", "none"), max_retries=2, timeout=300)
-    if not model:
-        try:
-            model = client.models.list().data[0].id
-        except Exception as e:  # connection refused, 404, empty list: all mean "cannot use this URL"
-            raise UserError(f"judge: cannot list models at {url} ({type(e).__name__}); is the server up? "
-                            "(or pass --judge-model)") from e
-    return client, model
+    return endpoint(url, model, what="judge: ", option="--judge-model", timeout=300)
 
 
 def ask_all(client, model: str, url: str, calls: list, max_tokens: int, workers: int = 8) -> list:
