@@ -20,7 +20,7 @@ from safetensors.torch import load_file
 from tuneloop.config import AdapterConfig, TrainConfig
 from tuneloop.data.formats import Example
 from tuneloop.errors import UserError
-from tuneloop.train import distributed, sft
+from tuneloop.train import classify, distributed, sft
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 # Workers pick the GPU of their LOCAL_RANK where CUDA exists: 2 processes need 2 GPUs (or none, as in CI).
@@ -44,6 +44,18 @@ def _train(model_dir: str, out: Path, mode: str, precision: str = "fp32") -> Non
     (out / f"rank{distributed.rank()}.json").write_text(json.dumps({"world": distributed.world()}))
 
 
+def _train_classify(model_dir: str, out: Path) -> None:
+    """The classification recipe under ddp: a decoder head on the same uneven rows, labels by parity."""
+    out.mkdir(exist_ok=True)
+    train = TrainConfig(max_steps=3, batch_size=4, lr=5e-3, warmup_ratio=0.0, log_every=1, precision="fp32",
+                        threads=1, distributed="ddp")
+    rows = [Example(r.messages, ["no", "yes"][i % 2]) for i, r in enumerate(_rows(9))]
+    state = classify.setup(model_dir, rows, rows[:3], ["no", "yes"], AdapterConfig(method="lora", r=4, alpha=8),
+                           train, seed=0)
+    classify.fit(state, train, log_path=out / "train_log.jsonl" if distributed.is_main() else None)
+    classify.save(state, out)
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -53,13 +65,13 @@ def _free_port() -> int:
 def _worker(rank: int, model_dir: str, out: Path, port: int) -> None:
     os.environ.update(WORLD_SIZE="2", RANK=str(rank), LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1",
                       MASTER_PORT=str(port))
-    _main(model_dir, out, ["ddp", "fsdp"])
+    _main(model_dir, out, ["ddp", "fsdp", "classify"])
 
 
 def _main(model_dir: str, out: Path, modes: list) -> None:
     distributed.init()
     for mode in modes:
-        _train(model_dir, out / mode, mode)
+        _train_classify(model_dir, out / mode) if mode == "classify" else _train(model_dir, out / mode, mode)
     distributed.close()
 
 
@@ -96,6 +108,18 @@ def forked(tiny_lm_dir, tmp_path_factory, one_thread) -> Path:
 @pytest.mark.parametrize("mode", ["ddp", "fsdp"])
 def test_two_processes_match_one_with_the_same_global_batch(single, forked, mode):
     _assert_same_training(single, forked / mode)
+
+
+@needs_two_devices
+def test_two_processes_match_one_for_the_classification_recipe(tiny_lm_dir, forked, tmp_path):
+    _train_classify(str(tiny_lm_dir), tmp_path)  # one process
+    one, two = _losses(tmp_path), _losses(forked / "classify")
+    assert len(one) == 3 and one == pytest.approx(two, abs=1e-5)
+    a = load_file(tmp_path / "adapter" / "adapter_model.safetensors")
+    b = load_file(forked / "classify" / "adapter" / "adapter_model.safetensors")
+    assert a.keys() == b.keys() and a
+    for k in a:
+        assert torch.allclose(a[k], b[k], atol=1e-5, rtol=0), (k, (a[k] - b[k]).abs().max())
 
 
 @needs_two_devices
