@@ -20,7 +20,7 @@ from safetensors.torch import load_file
 from tuneloop.config import AdapterConfig, TrainConfig
 from tuneloop.data.formats import Example
 from tuneloop.errors import UserError
-from tuneloop.train import classify, distributed, sft
+from tuneloop.train import classify, distributed, dpo, sft
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 # Workers pick the GPU of their LOCAL_RANK where CUDA exists: 2 processes need 2 GPUs (or none, as in CI).
@@ -56,6 +56,20 @@ def _train_classify(model_dir: str, out: Path) -> None:
     classify.save(state, out)
 
 
+def _train_dpo(model_dir: str, out: Path) -> None:
+    """The DPO recipe under ddp: uneven pairs (prompt + chosen / rejected answers of different lengths)."""
+    out.mkdir(exist_ok=True)
+    train = TrainConfig(max_steps=3, batch_size=4, lr=5e-3, warmup_ratio=0.0, log_every=1, precision="fp32",
+                        threads=1, distributed="ddp")
+    pairs = [{"prompt": r.messages[:1], "chosen": "yes " * (1 + i % 3), "rejected": "no"} for i, r in enumerate(_rows(9))]
+    state = dpo.setup(model_dir, pairs, pairs[:3], AdapterConfig(method="lora", r=4, alpha=8), train, seed=0)
+    dpo.fit(state, train, log_path=out / "train_log.jsonl" if distributed.is_main() else None)
+    dpo.save(state, out)
+
+
+RECIPES = {"classify": _train_classify, "dpo": _train_dpo}
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -65,13 +79,13 @@ def _free_port() -> int:
 def _worker(rank: int, model_dir: str, out: Path, port: int) -> None:
     os.environ.update(WORLD_SIZE="2", RANK=str(rank), LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1",
                       MASTER_PORT=str(port))
-    _main(model_dir, out, ["ddp", "fsdp", "classify"])
+    _main(model_dir, out, ["ddp", "fsdp", *RECIPES])
 
 
 def _main(model_dir: str, out: Path, modes: list) -> None:
     distributed.init()
     for mode in modes:
-        _train_classify(model_dir, out / mode) if mode == "classify" else _train(model_dir, out / mode, mode)
+        RECIPES[mode](model_dir, out / mode) if mode in RECIPES else _train(model_dir, out / mode, mode)
     distributed.close()
 
 
@@ -111,12 +125,13 @@ def test_two_processes_match_one_with_the_same_global_batch(single, forked, mode
 
 
 @needs_two_devices
-def test_two_processes_match_one_for_the_classification_recipe(tiny_lm_dir, forked, tmp_path):
-    _train_classify(str(tiny_lm_dir), tmp_path)  # one process
-    one, two = _losses(tmp_path), _losses(forked / "classify")
+@pytest.mark.parametrize("recipe", list(RECIPES))
+def test_two_processes_match_one_for_the_other_recipes(tiny_lm_dir, forked, tmp_path, recipe):
+    RECIPES[recipe](str(tiny_lm_dir), tmp_path)  # one process
+    one, two = _losses(tmp_path), _losses(forked / recipe)
     assert len(one) == 3 and one == pytest.approx(two, abs=1e-5)
     a = load_file(tmp_path / "adapter" / "adapter_model.safetensors")
-    b = load_file(forked / "classify" / "adapter" / "adapter_model.safetensors")
+    b = load_file(forked / recipe / "adapter" / "adapter_model.safetensors")
     assert a.keys() == b.keys() and a
     for k in a:
         assert torch.allclose(a[k], b[k], atol=1e-5, rtol=0), (k, (a[k] - b[k]).abs().max())
