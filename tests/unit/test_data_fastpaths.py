@@ -14,7 +14,6 @@ import json
 import random
 import unicodedata
 import zlib
-from pathlib import Path
 
 import ftfy
 import numpy as np
@@ -168,14 +167,7 @@ def test_minhash_matches_per_row_definition():
 
 def unhinted_find(text: str) -> list:
     """pii.find with every pattern run on every text (the hints are only allowed to skip non-matches)."""
-    spans: list = []
-    for typ, _, pattern, ok in pii._PATTERNS:
-        for m in pattern.finditer(text):
-            start, end = next((m.span(g) for g in ("v1", "v2") if g in pattern.groupindex and m.group(g)),
-                              m.span())
-            if (ok is None or ok(m)) and all(end <= s or start >= e for s, e, _ in spans):
-                spans.append((start, end, typ))
-    return sorted(spans)
+    return pii.spans_of(text, pii._PATTERNS)
 
 
 def test_pii_hints_only_skip_texts_without_matches():
