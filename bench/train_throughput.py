@@ -1,6 +1,6 @@
 """Training throughput: tuneloop's LoRA loop vs TRL's SFTTrainer, same model, data, LoRA, steps and batch.
 
-    .venv/bin/python bench/train_throughput.py [--examples 256] [--steps 16] [--batch 8] [--ablations]
+    .venv/bin/python bench/train_throughput.py [--examples 256] [--steps 16] [--batch 8] [--ablations] [--seeds 3]
     # -> bench/results/train_throughput.json   (needs `pip install trl==1.16.0 datasets`)
     python bench/train_throughput.py --model /path/SmolLM2.gguf --out bench/results/train_throughput_gpu.json
     # the same on a CUDA machine (peak GPU memory is recorded beside RSS)
@@ -8,10 +8,12 @@
 Each configuration runs in its own subprocess so peak RSS is its own. Configurations:
   trl_default      TRL SFTTrainer defaults on prompt-completion data (completion-only loss, padded batches)
   trl_packed_bf16  TRL with padding-free packing and bf16
-  tuneloop         tuneloop's default loop (length-grouped batches, LM head only at label positions, precision auto)
+  tuneloop         tuneloop's default loop (length-grouped batches, a micro-batch's shared prompt prefix run once,
+                   LM head only at label positions, precision auto)
   tuneloop_packed  tuneloop with train.packing (padding-free rows)
 With --ablations, each throughput choice is switched off once to measure its own gain:
   tuneloop_fp32          frozen weights in fp32 instead of bf16 (only where bf16 is native)
+  tuneloop_no_prefix     every row run in full (no shared-prefix batches: the system prompt once per row)
   tuneloop_all_logits    the LM head at every position, as transformers' loss does (not only label positions)
   tuneloop_unsorted      random batches (length grouping off: padded like a plain DataLoader)
   tuneloop_compile       train.compile (torch.compile; its compile time is excluded by a warm-up step)
@@ -95,8 +97,9 @@ def run_tuneloop(args, packed: bool = False, ablation: str = "") -> dict:
     rows = load_rows(args.examples)
     train = TrainConfig(max_steps=args.steps, batch_size=args.batch, lr=2e-4, warmup_ratio=0.0, log_every=1,
                         packing=packed, schedule="linear", precision="fp32" if ablation == "fp32" else "auto",
-                        compile=ablation == "compile")
-    state = sft.setup(path, rows, [], AdapterConfig(r=16, alpha=32, target_modules="all-linear"), train, seed=0)
+                        compile=ablation == "compile", share_prefix=ablation != "no_prefix")
+    state = sft.setup(path, rows, [], AdapterConfig(r=16, alpha=32, target_modules="all-linear"), train,
+                      seed=args.seed)
     history = sft.fit(state, train)
     held_out = held_out_loss(state.model, state.tokenizer, args)
     steps = [r for r in history if "loss" in r]
@@ -136,10 +139,11 @@ def all_position_loss(model, batch: dict):
     does), then cross-entropy on the label positions only. Same loss, more FLOPs and memory."""
     import torch
 
+    from tuneloop.train import sft
     from tuneloop.train.batching import IGNORE
 
-    kw = {k: batch[k] for k in ("input_ids", "attention_mask", "position_ids") if k in batch}
-    logits = model(**kw, use_cache=False).logits[:, :-1].float()  # [B, T-1, V]
+    body, head = sft.causal_lm_parts(model)
+    logits = head(sft.body_hidden(body, batch))[:, :-1].float()  # [B, T-1, V]
     targets = batch["labels"][:, 1:]
     loss = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1),
                                              ignore_index=IGNORE, reduction="sum")
@@ -167,7 +171,7 @@ def run_trl(args, packed_bf16: bool) -> dict:
     bf16 = True if packed_bf16 else (None if torch.cuda.is_available() else False)
     cfg = SFTConfig(output_dir=os.path.join(args.tmp, "trl"), max_steps=args.steps,
                     per_device_train_batch_size=args.batch, learning_rate=2e-4, lr_scheduler_type="linear",
-                    logging_steps=1, save_strategy="no", report_to=[], seed=0, use_cpu=not torch.cuda.is_available(),
+                    logging_steps=1, save_strategy="no", report_to=[], seed=args.seed, use_cpu=not torch.cuda.is_available(),
                     packing=packed_bf16, padding_free=packed_bf16, bf16=bf16, dataloader_num_workers=0)
     trainer = SFTTrainer(model=model, args=cfg, train_dataset=data, processing_class=tok,
                          peft_config=LoraConfig(r=16, lora_alpha=32, target_modules="all-linear",
@@ -205,6 +209,7 @@ RUNNERS = {
 }
 ABLATIONS = {
     "tuneloop_fp32": lambda a: run_tuneloop(a, ablation="fp32"),
+    "tuneloop_no_prefix": lambda a: run_tuneloop(a, ablation="no_prefix"),
     "tuneloop_all_logits": lambda a: run_tuneloop(a, ablation="all_logits"),
     "tuneloop_unsorted": lambda a: run_tuneloop(a, ablation="unsorted"),
     "tuneloop_compile": lambda a: run_tuneloop(a, ablation="compile"),
@@ -227,9 +232,13 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=16)
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--only", default=",".join(RUNNERS))
-    p.add_argument("--ablations", action="store_true", help="also run each throughput choice switched off")
+    p.add_argument("--ablations", nargs="?", const=",".join(ABLATIONS), default="",
+                   help="also run each throughput choice switched off (all, or a comma list of names)")
     p.add_argument("--model", default="bundled:smollm2-135m-instruct", help="model spec (folder, .gguf, bundled:)")
     p.add_argument("--out", type=Path, default=RESULTS)
+    p.add_argument("--seeds", type=int, default=1,
+                   help="also train trl_default and tuneloop with seeds 1..N-1 (held-out loss spread over seeds)")
+    p.add_argument("--seed", type=int, default=0, help=argparse.SUPPRESS)
     p.add_argument("--child", help=argparse.SUPPRESS)
     p.add_argument("--tmp", default="/tmp/tuneloop-bench")
     args = p.parse_args()
@@ -238,15 +247,18 @@ def main() -> None:
     gflops = {"fp32": round(matmul_gflops("fp32"), 1), "bf16": round(matmul_gflops("bf16"), 1)}
     print(f"matmul GFLOP/s: {gflops}")
     results, skipped = {}, {}
-    names = args.only.split(",") + (list(ABLATIONS) if args.ablations else [])
-    for name in names:
+    names = args.only.split(",") + [a for a in args.ablations.split(",") if a]
+    runs = [(n, 0) for n in names] + [(n, s) for s in range(1, args.seeds) for n in ("trl_default", "tuneloop")]
+    seeded: dict = {}
+    for name, seed in runs:
         if ("bf16" in name or name == "tuneloop_fp32") and not _bf16_native():
             # Without AVX-512-BF16/AMX, bf16 matmuls run at ~1% of fp32 here: minutes per step, no information.
             skipped[name] = f"no native bf16 on this CPU (bf16 matmul {gflops['bf16']} GFLOP/s)"
             print(f"{name}: skipped ({skipped[name]})")
             continue
         cmd = [sys.executable, __file__, "--child", name, "--examples", str(args.examples), "--steps",
-               str(args.steps), "--batch", str(args.batch), "--tmp", args.tmp, "--model", args.model]
+               str(args.steps), "--batch", str(args.batch), "--tmp", args.tmp, "--model", args.model,
+               "--seed", str(seed)]
         proc = subprocess.run(cmd, capture_output=True, text=True)
         line = [x for x in proc.stdout.splitlines() if x.startswith("RESULT ")]
         if proc.returncode or not line:
@@ -254,6 +266,10 @@ def main() -> None:
             continue
         r = json.loads(line[0][7:])
         r["tokens_per_s"] = r["tokens"] / r["seconds"]
+        seeded.setdefault(name, []).append(r["held_out_loss"])
+        if seed:
+            print(f"{name:20s} seed {seed}: {r['tokens_per_s']:8.1f} tok/s  held-out {r['held_out_loss']:.4f}")
+            continue
         results[name] = r
         gpu = f"  GPU {r['peak_gpu_mb']:6.0f} MB" if "peak_gpu_mb" in r else ""
         print(f"{name:20s} {r['tokens_per_s']:8.1f} tok/s  peak {r['peak_rss_mb']:7.0f} MB{gpu}  "
@@ -268,19 +284,28 @@ def main() -> None:
         "held_out_loss": {k: round(v["held_out_loss"], 5) for k, v in results.items()},
         "held_out_loss_vs_trl_default": (round(best["held_out_loss"] / results["trl_default"]["held_out_loss"] - 1, 4)
                                          if best and "trl_default" in results else None),
+        **({"held_out_loss_seeds": {k: [round(x, 5) for x in v] for k, v in seeded.items() if len(v) > 1},
+            "held_out_loss_mean_vs_trl_default": round(_mean(seeded["tuneloop"]) / _mean(seeded["trl_default"]) - 1, 4)}
+           if args.seeds > 1 and len(seeded.get("tuneloop", [])) > 1 and len(seeded.get("trl_default", [])) > 1
+           else {}),
         "speedup_vs_trl_default": (round(best["tokens_per_s"] / results["trl_default"]["tokens_per_s"], 3)
                                    if best and "trl_default" in results else None),
         "fraction_of_bf16_limit": (round(best["tokens_per_s"] * 4 * params / (gflops["bf16"] * 1e9), 3)
                                    if best else None),
         "fraction_of_own_precision_limit": (round(best["tokens_per_s"] * 4 * params / (limit * 1e9), 3)
                                             if best else None),
+        # Shared prefixes are computed once per batch, so tokens trained/s x 4P can exceed the limit; the run
+        # without prefix sharing computes every token it counts: its fraction is the real compute efficiency.
+        **({"fraction_of_own_precision_limit_no_prefix": round(
+            results["tuneloop_no_prefix"]["tokens_per_s"] * 4 * params / (limit * 1e9), 3)}
+           if "tuneloop_no_prefix" in results else {}),
         **({"peak_gpu_mb": {k: round(v["peak_gpu_mb"], 1) for k, v in results.items() if "peak_gpu_mb" in v}}
            if any("peak_gpu_mb" in v for v in results.values()) else {}),
         "ablation_gain": {k[len("tuneloop_"):]: round(best["tokens_per_s"] / v["tokens_per_s"], 3)
                           for k, v in results.items() if k in ABLATIONS and best},
         "matmul_gflops": gflops,
         "skipped": skipped,
-        "setup": {"examples": args.examples, "steps": args.steps, "global_batch": args.batch,
+        "setup": {"examples": args.examples, "steps": args.steps, "global_batch": args.batch, "seeds": args.seeds,
                   "lora": "r=16, alpha=32, all-linear", "model": args.model,
                   "throughput": "non-pad tokens/s after the first optimizer step (warm-up excluded)"},
         "machine": {"cpu": cpu_name(), "cores": os.cpu_count(), "gpu": _gpu_name(),
@@ -290,6 +315,10 @@ def main() -> None:
     args.out.write_text(json.dumps(out, indent=2))
     print(json.dumps(out, indent=2))
 
+
+
+def _mean(xs: list) -> float:
+    return sum(xs) / len(xs)
 
 
 def _gpu_name() -> str | None:

@@ -70,12 +70,16 @@ def test_reference_logps_equal_the_base_models(tiny_lm_dir, method):
     assert all(p.ref_chosen != p.ref_rejected for p in state.train)
 
 
-def test_sequence_logps_ignore_padding(tiny_lm_dir, tokenizer):
+@pytest.mark.parametrize("share", [0, 4], ids=["padded", "shared-prefix"])
+def test_sequence_logps_ignore_padding(tiny_lm_dir, tokenizer, share):
+    """Per-row log-probs of a padded batch (and of one whose common prompt prefix runs once) == each row alone."""
     model = AutoModelForCausalLM.from_pretrained(tiny_lm_dir, dtype=torch.float32).eval()
     tokens = [dpo.tokenize_pair(tokenizer, dpo.to_pair(r)) for r in _pairs(4)]
     feats = [t.chosen for t in tokens] + [t.rejected for t in tokens]
+    batch = collate(feats, tokenizer.pad_token_id, share_prefix=share)
+    assert ("prefix_ids" in batch) == bool(share)  # the template's default system prompt is shared
     with torch.no_grad():
-        batched = dpo.sequence_logps(model, collate(feats, tokenizer.pad_token_id))
+        batched = dpo.sequence_logps(model, batch)
     assert torch.allclose(batched, torch.tensor([_direct_logps(model, *f) for f in feats]), atol=1e-4)
 
 

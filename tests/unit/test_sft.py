@@ -216,3 +216,40 @@ def test_weights_reach_the_train_features_only_when_some_differ_from_one(tiny_lm
     rows[1].meta["weight"] = -1
     with pytest.raises(UserError, match="weight"):
         sft.setup(str(tiny_lm_dir), rows, [], adapter, train)
+
+
+SYSTEM = {"role": "system", "content": "You sort support tickets. Answer with one word."}
+
+
+@pytest.mark.parametrize("weights", [None, [1.0, 2.0, 0.5, 1.0, 0.0, 1.0, 3.0, 1.0]], ids=["plain", "weighted"])
+def test_shared_prefix_batch_gives_the_same_loss_and_gradients(tiny, tokenizer, weights):
+    """The common system prompt run once per batch == every row run in full (loss and every gradient)."""
+    from tuneloop.train.batching import shared_prefix_len, unshare
+
+    feats = [tokenize_chat(tokenizer, [SYSTEM, *c]) for c in CONVOS]
+    feats = _weighted(feats, weights) if weights else feats
+    pad = tokenizer.pad_token_id
+    shared, plain = collate(feats, pad, share_prefix=4), collate(feats, pad)
+    p = shared["prefix_ids"].shape[1]
+    assert p == shared_prefix_len(feats) >= 10  # the system turn and the user turn's header
+    first_label = min(next(i for i, x in enumerate(f[1]) if x != IGNORE) for f in feats)
+    assert p < first_label  # every trained token is predicted after the prefix
+    for k, v in unshare(shared).items():
+        assert torch.equal(v, plain[k]), k
+    assert sft.label_count(shared) == sft.label_count(plain)
+    _assert_same_step(_step(copy.deepcopy(tiny), [shared]), _step(copy.deepcopy(tiny), [plain]), tol=1e-5)
+
+
+def test_no_prefix_is_split_off_when_rows_differ_from_the_start_or_one_row(tokenizer):
+    feats = [tokenize_chat(tokenizer, c) for c in CONVOS]
+    one = collate(feats[:1], tokenizer.pad_token_id, share_prefix=4)
+    assert "prefix_ids" not in one
+    other = [tokenize_chat(tokenizer, [{"role": "system", "content": "z"}, *CONVOS[0]])] + feats[1:]
+    # rows share only "<|im_start|>" (1 token): below the minimum, the batch stays plain
+    assert "prefix_ids" not in collate(other, tokenizer.pad_token_id, share_prefix=4)
+
+
+def test_prefix_sharing_is_on_by_default_and_off_where_it_cannot_apply():
+    assert sft.prefix_sharing(TrainConfig()) == sft.MIN_SHARED_PREFIX
+    for off in ({"share_prefix": False}, {"packing": True}, {"gradient_checkpointing": True}, {"compile": True}):
+        assert sft.prefix_sharing(TrainConfig(**off)) == 0, off

@@ -4,6 +4,7 @@
     # labels == -100 everywhere except the assistant's tokens and its end-of-turn token
     batch = collate(features, pad_id)          # padded [B, T] + attention_mask
     batch = collate_packed(features, pad_id)   # [1, sum T] + restarting position_ids (no padding at all)
+    batch = collate(features, pad_id, share_prefix=4)  # + "prefix_ids" [1, P]: the tokens all rows start with
 
 A feature is (input_ids, labels), or (input_ids, labels, weight) for an example the data stage reweighted
 (`data.group_balance: reweight` writes meta["weight"]); a batch with any weighted feature also carries
@@ -109,21 +110,56 @@ def length_grouped_batches(lengths: list, batch_size: int, seed: int, group: int
     return batches
 
 
-def collate(features: list, pad_id: int) -> dict:
-    """Right-pad a list of (input_ids, labels[, weight]) to one batch. Shapes: [B, T]."""
-    width = max(len(f[0]) for f in features)
+def collate(features: list, pad_id: int, share_prefix: int = 0) -> dict:
+    """Right-pad a list of (input_ids, labels[, weight]) to one batch. Shapes: [B, T].
+
+    share_prefix > 0: when the examples start with at least that many identical tokens that no example trains
+    on (typically a shared system prompt), the batch carries them once as "prefix_ids" [1, P] and input_ids /
+    labels hold only the rest [B, T - P]; attention_mask still spans the whole rows [B, T] (the model runs the
+    prefix once and attends to its keys/values from every row). `unshare` gives back the plain batch."""
+    p = shared_prefix_len(features) if share_prefix and len(features) > 1 else 0
+    p = p if p >= max(share_prefix, 1) else 0
+    width = max(len(f[0]) for f in features) - p
     input_ids = torch.full((len(features), width), pad_id, dtype=torch.long)
     labels = torch.full((len(features), width), IGNORE, dtype=torch.long)
-    attention = torch.zeros((len(features), width), dtype=torch.long)
+    attention = torch.zeros((len(features), p + width), dtype=torch.long)
     for b, (ids, lab, *_) in enumerate(features):
-        input_ids[b, : len(ids)] = torch.tensor(ids)
-        labels[b, : len(lab)] = torch.tensor(lab)
+        input_ids[b, : len(ids) - p] = torch.tensor(ids[p:])
+        labels[b, : len(lab) - p] = torch.tensor(lab[p:])
         attention[b, : len(ids)] = 1
     batch = {"input_ids": input_ids, "labels": labels, "attention_mask": attention}
+    if p:
+        batch["prefix_ids"] = torch.tensor([features[0][0][:p]])
     if any(len(f) > 2 for f in features):
         rows = torch.tensor([weight_of(f) for f in features], dtype=torch.float32)
-        batch["label_weights"] = rows[:, None].expand(-1, width).contiguous()  # [B, T]
+        batch["label_weights"] = rows[:, None].expand(-1, width).contiguous()  # [B, T - P]
     return batch
+
+
+def shared_prefix_len(features: list) -> int:
+    """How many leading tokens all examples share, stopping before any example's first trained token is
+    predicted (so every label position lies after the prefix) and leaving each example at least one token."""
+    ids = [f[0] for f in features]
+    first_label = min(next((i for i, x in enumerate(f[1]) if x != IGNORE), len(f[1])) for f in features)
+    limit = min(min(len(x) for x in ids) - 1, first_label - 1)
+    head, p = ids[0], 0
+    while p < limit and all(x[p] == head[p] for x in ids):
+        p += 1
+    return p
+
+
+def unshare(batch: dict) -> dict:
+    """The plain padded batch of a prefix-sharing one (identity for a batch without "prefix_ids")."""
+    if "prefix_ids" not in batch:
+        return batch
+    b, p = batch["input_ids"].shape[0], batch["prefix_ids"].shape[1]
+    out = {"input_ids": torch.cat([batch["prefix_ids"].expand(b, -1), batch["input_ids"]], 1),
+           "labels": torch.cat([torch.full((b, p), IGNORE, dtype=torch.long), batch["labels"]], 1),
+           "attention_mask": batch["attention_mask"]}
+    if "label_weights" in batch:
+        w = batch["label_weights"]
+        out["label_weights"] = torch.cat([w[:, :1].expand(-1, p), w], 1)
+    return out
 
 
 def collate_packed(features: list, pad_id: int) -> dict:

@@ -33,7 +33,7 @@ from tuneloop.train import distributed
 from tuneloop.train.batching import IGNORE, collate, example_weight, length_grouped_batches, tokenize_chat
 from tuneloop.train.sft import _log, _open_log, after_step, attach_adapter, build_optimizer, causal_lm_parts, finish
 from tuneloop.train.sft import compile_body, gradient_checkpointing, optimizer_step, start_position
-from tuneloop.train.sft import resolve_precision
+from tuneloop.train.sft import body_hidden, prefix_sharing, resolve_precision
 from tuneloop.train.sft import save as sft_save
 
 
@@ -71,6 +71,7 @@ class DPOState:
     seed: int
     precision: str
     history: list = field(default_factory=list)
+    share_prefix: int = 0  # collate()'s share_prefix: the batch's common prompt prefix run once
 
 
 def to_pair(row) -> Pair:
@@ -101,7 +102,7 @@ def tokenize_pair(tok, pair: Pair) -> PairTokens:
 def sequence_logps(model, batch: dict) -> torch.Tensor:
     """[B] sum of log p(label token) per row; the LM head runs only at label positions (as in SFT)."""
     body, head = causal_lm_parts(model)
-    hidden = body(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).last_hidden_state  # [B,T,D]
+    hidden = body_hidden(body, batch)  # [B, T, D] (T: after the shared prefix when the batch has one)
     targets = batch["labels"][:, 1:]  # [B, T-1]: position t predicts token t+1
     keep = targets != IGNORE
     logits = head(hidden[:, :-1][keep]).float()  # [N_label, V]
@@ -110,9 +111,10 @@ def sequence_logps(model, batch: dict) -> torch.Tensor:
     return torch.zeros(len(targets), device=logits.device).index_add(0, rows, token_logps)
 
 
-def pair_logps(model, items: list, pad_id: int, device) -> tuple[torch.Tensor, torch.Tensor]:
-    """(chosen [B], rejected [B]) log-probs, from one forward over the 2B sequences."""
-    batch = collate([p.chosen for p in items] + [p.rejected for p in items], pad_id)
+def pair_logps(model, items: list, pad_id: int, device, share_prefix: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """(chosen [B], rejected [B]) log-probs, from one forward over the 2B sequences (their common prefix,
+    e.g. a system prompt, once with share_prefix)."""
+    batch = collate([p.chosen for p in items] + [p.rejected for p in items], pad_id, share_prefix)
     logps = sequence_logps(model, {k: v.to(device) for k, v in batch.items()})
     return logps[: len(items)], logps[len(items):]
 
@@ -132,9 +134,10 @@ def fill_reference(model, items: list, pad_id: int, batch_size: int) -> None:
     model.train(was_training)
 
 
-def dpo_terms(model, items: list, beta: float, pad_id: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+def dpo_terms(model, items: list, beta: float, pad_id: int, device,
+              share_prefix: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     """(per-pair loss [B], per-pair reward margin [B]) with the stored reference log-probs."""
-    chosen, rejected = pair_logps(model, items, pad_id, device)
+    chosen, rejected = pair_logps(model, items, pad_id, device, share_prefix)
     ref = torch.tensor([[p.ref_chosen, p.ref_rejected] for p in items], device=device)
     margin = beta * ((chosen - ref[:, 0]) - (rejected - ref[:, 1]))  # chosen reward - rejected reward
     return -F.logsigmoid(margin), margin.detach()
@@ -169,7 +172,8 @@ def setup(model_path: str, train_rows: list, val_rows: list, adapter: AdapterCon
     tok_val = [tokenize_pair(tok, to_pair(r)) for r in val_rows]
     fill_reference(model, tok_train + tok_val, tok.pad_token_id, train.batch_size)
     opt, sched, total = build_optimizer(model, len(tok_train), train)
-    return DPOState(model, tok, opt, sched, tok_train, tok_val, total, beta, seed, precision)
+    return DPOState(model, tok, opt, sched, tok_train, tok_val, total, beta, seed, precision,
+                    share_prefix=prefix_sharing(train))
 
 
 def accumulate_gradients(state: DPOState, micro: list, device) -> tuple[float, list]:
@@ -183,7 +187,8 @@ def accumulate_gradients(state: DPOState, micro: list, device) -> tuple[float, l
     n = distributed.all_reduce_sum(sum(p.weight for m in micro for p in m)) or 1.0
     loss_total, margins = 0.0, []
     for items in micro:
-        losses, margin = dpo_terms(state.model, items, state.beta, state.tokenizer.pad_token_id, device)
+        losses, margin = dpo_terms(state.model, items, state.beta, state.tokenizer.pad_token_id, device,
+                                   state.share_prefix)
         losses = losses * torch.tensor([p.weight for p in items], device=device)  # [B]
         (losses.sum() * distributed.world() / n).backward()
         loss_total += float(losses.detach().sum())

@@ -15,6 +15,7 @@ each step's examples; only rank 0 writes the log, checkpoints and the saved mode
 
 from __future__ import annotations
 
+import functools
 import math
 import time
 from dataclasses import dataclass, field
@@ -198,11 +199,7 @@ def label_token_loss(model, batch: dict) -> tuple[torch.Tensor, int | float]:
     The body runs on all tokens; the LM head only on the positions whose next token is a label. A batch with
     "label_weights" gives the weighted sum and the weighted count (sum of the label tokens' weights)."""
     body, head = causal_lm_parts(model)
-    if "position_ids" in batch:  # packed: block-diagonal attention from restarting position ids
-        hidden = body(input_ids=batch["input_ids"], position_ids=batch["position_ids"], use_cache=False)
-    else:
-        hidden = body(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False)
-    hidden = hidden.last_hidden_state  # [B, T, D]
+    hidden = body_hidden(body, batch)  # [B, T, D]
     targets = batch["labels"][:, 1:]  # [B, T-1]: position t predicts token t+1
     keep = targets != IGNORE
     logits = head(hidden[:, :-1][keep]).float()  # [N_label, V]
@@ -211,6 +208,51 @@ def label_token_loss(model, batch: dict) -> tuple[torch.Tensor, int | float]:
     weights = batch["label_weights"][:, 1:][keep]  # [N_label]: the example weight of each target token
     loss = torch.nn.functional.cross_entropy(logits, targets[keep], reduction="none")
     return (loss * weights).sum(), float(weights.sum())
+
+
+def body_hidden(body, batch: dict) -> torch.Tensor:
+    """The decoder body's last hidden states [B, T, D] for a padded, packed or prefix-sharing batch."""
+    if "position_ids" in batch:  # packed: block-diagonal attention from restarting position ids
+        return body(input_ids=batch["input_ids"], position_ids=batch["position_ids"], use_cache=False).last_hidden_state
+    if "prefix_ids" in batch:
+        return shared_prefix_hidden(body, batch)
+    return body(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False).last_hidden_state
+
+
+def shared_prefix_hidden(body, batch: dict) -> torch.Tensor:
+    """Hidden states [B, T-P, D] of the rows after their common prefix, the prefix [1, P] run only once.
+
+    The prefix's keys/values stay in the autograd graph and are repeated for every row, so the backward sums
+    each row's gradient into the one prefix computation: the same loss and gradients as running every row in
+    full, for (B-1)*P fewer tokens through the model. Positions continue from P (the cache length)."""
+    from transformers import DynamicCache
+
+    cache = DynamicCache(config=body.config)
+    name = _cache_kwarg(body)
+    body(input_ids=batch["prefix_ids"], use_cache=True, **{name: cache})
+    cache.batch_repeat_interleave(batch["input_ids"].shape[0])
+    return body(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=True,
+                **{name: cache}).last_hidden_state
+
+
+def _cache_kwarg(body) -> str:
+    """transformers 5.2x renamed `past_key_values` to `cache`; use the name this model's forward takes."""
+    import inspect
+
+    return "cache" if "cache" in inspect.signature(body.forward).parameters else "past_key_values"
+
+
+def prefix_sharing(cfg: TrainConfig) -> int:
+    """collate()'s share_prefix for this run: the minimum shared prefix worth splitting off, 0 = off.
+
+    Off where the extra cached forward does not fit: packed rows (no prefix), gradient checkpointing (no
+    cache in training), torch.compile (a second graph) and fsdp (a sharded layer run twice per step)."""
+    off = (cfg.packing or cfg.gradient_checkpointing or cfg.compile
+           or (distributed.world() > 1 and cfg.distributed == "fsdp"))
+    return 0 if off or not cfg.share_prefix else MIN_SHARED_PREFIX
+
+
+MIN_SHARED_PREFIX = 4  # tokens; below this the extra forward call costs about what it saves
 
 
 def label_count(batch: dict) -> int | float:
@@ -285,7 +327,7 @@ def fit(state: TrainState, cfg: TrainConfig, log_path: Path | None = None, ckpt_
     With cfg.resume and a checkpoint in ckpt_dir, continues exactly where that checkpoint left off."""
     device = next(state.model.parameters()).device
     pad = state.tokenizer.pad_token_id
-    make_batch = collate_packed if cfg.packing else collate
+    make_batch = collate_packed if cfg.packing else functools.partial(collate, share_prefix=prefix_sharing(cfg))
     params = [p for p in state.model.parameters() if p.requires_grad]
     pos = start_position(state, cfg, ckpt_dir, tokens=0)  # every rank loads the same checkpoint
     log = _open_log(log_path, state.history, cfg) if distributed.is_main() else None
