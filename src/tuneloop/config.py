@@ -102,7 +102,7 @@ class TrainConfig:
                         "per-example position ids and block-diagonal attention (same examples per step).", False)
     share_prefix: bool = doc("Run the tokens every example of a micro-batch starts with (e.g. a shared system "
                              "prompt) once per micro-batch, not once per example: the same loss and gradients "
-                             "for fewer FLOPs (SFT; not with packing, gradient checkpointing, compile or fsdp).",
+                             "for fewer FLOPs (SFT and DPO; not with packing, gradient checkpointing, compile or fsdp).",
                              True)
     precision: str = doc("auto, fp32 or bf16. auto = bf16 frozen weights only where the hardware has "
                          "native bf16 matmul (CUDA, AVX-512-BF16/AMX CPUs), else fp32.", "auto")

@@ -67,7 +67,27 @@ def _train_dpo(model_dir: str, out: Path) -> None:
     dpo.save(state, out)
 
 
+def _train_resumed(model_dir: str, out: Path) -> None:
+    """fsdp stopped after step 1 (its checkpoint gathered from the shards and written), then a fresh setup
+    resumed from that checkpoint to step 3 (out/resumed), and the uninterrupted run (out/straight). A constant
+    schedule: the stopped run's 1-step schedule would otherwise leave a different learning rate in the
+    optimizer state than the 3-step one."""
+    runs = {"straight": [(3, False)], "resumed": [(1, False), (3, True)]}
+    for name, parts in runs.items():
+        (out / name).mkdir(parents=True, exist_ok=True)
+        for steps, resume in parts:
+            train = TrainConfig(max_steps=steps, resume=resume, save_every=1, batch_size=4, lr=5e-3,
+                                warmup_ratio=0.0, schedule="constant", log_every=1, precision="fp32", threads=1,
+                                distributed="fsdp")
+            state = sft.setup(model_dir, _rows(9), _rows(3), AdapterConfig(method="lora", r=4, alpha=8), train,
+                              seed=0)
+            sft.fit(state, train, log_path=out / name / "train_log.jsonl" if distributed.is_main() else None,
+                    ckpt_dir=out / name / "checkpoints")
+        sft.save(state, out / name)
+
+
 RECIPES = {"classify": _train_classify, "dpo": _train_dpo}
+RUNS = {**RECIPES, "fsdp_resume": _train_resumed}
 
 
 def _free_port() -> int:
@@ -79,13 +99,13 @@ def _free_port() -> int:
 def _worker(rank: int, model_dir: str, out: Path, port: int) -> None:
     os.environ.update(WORLD_SIZE="2", RANK=str(rank), LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1",
                       MASTER_PORT=str(port))
-    _main(model_dir, out, ["ddp", "fsdp", *RECIPES])
+    _main(model_dir, out, ["ddp", "fsdp", *RUNS])
 
 
 def _main(model_dir: str, out: Path, modes: list) -> None:
     distributed.init()
     for mode in modes:
-        RECIPES[mode](model_dir, out / mode) if mode in RECIPES else _train(model_dir, out / mode, mode)
+        RUNS[mode](model_dir, out / mode) if mode in RUNS else _train(model_dir, out / mode, mode)
     distributed.close()
 
 
@@ -135,6 +155,27 @@ def test_two_processes_match_one_for_the_other_recipes(tiny_lm_dir, forked, tmp_
     assert a.keys() == b.keys() and a
     for k in a:
         assert torch.allclose(a[k], b[k], atol=1e-5, rtol=0), (k, (a[k] - b[k]).abs().max())
+
+
+@needs_two_devices
+def test_fsdp_checkpoint_resumes_exactly(forked):
+    """Checkpoints under fsdp hold full (gathered) tensors and restore into the shards of a fresh setup."""
+    resumed, straight = forked / "fsdp_resume" / "resumed", forked / "fsdp_resume" / "straight"
+    # step 1 (before the stop) was pruned by keep_last 2; steps 2 and 3 were written by the resumed run
+    assert sorted(p.name for p in (resumed / "checkpoints").iterdir()) == ["step-000002", "step-000003"]
+    weights = load_file(resumed / "checkpoints" / "step-000002" / "trainable.safetensors")
+    adapter = load_file(straight / "adapter" / "adapter_model.safetensors")
+    assert len(weights) == len(adapter) and all(v.shape == adapter[_peft_key(k)].shape for k, v in weights.items())
+    assert _losses(resumed) == pytest.approx(_losses(straight), abs=1e-5) and len(_losses(resumed)) == 3
+    a = load_file(resumed / "adapter" / "adapter_model.safetensors")
+    assert a.keys() == adapter.keys()
+    for k in a:
+        assert torch.allclose(a[k], adapter[k], atol=1e-5, rtol=0), (k, (a[k] - adapter[k]).abs().max())
+
+
+def _peft_key(name: str) -> str:
+    """A trainable parameter's name as peft saves it in adapter_model.safetensors (no adapter name)."""
+    return name.replace(".default.", ".")
 
 
 @needs_two_devices

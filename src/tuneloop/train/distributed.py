@@ -102,9 +102,6 @@ def check_mode(train: TrainConfig, recipe: str = "sft") -> None:
         raise UserError(f"train.distributed: {train.distributed!r} is not one of {', '.join(MODES)}")
     if train.distributed == "fsdp" and world() > 1 and recipe != "sft":
         raise UserError(f"train.distributed: fsdp supports train.recipe sft only (got {recipe}); use ddp")
-    if train.distributed == "fsdp" and world() > 1 and train.save_every:
-        raise UserError("train.distributed: fsdp does not write resumable checkpoints yet; set train.save_every: 0 "
-                        "or use ddp")
 
 
 def wrap(model: torch.nn.Module, train: TrainConfig, root: torch.nn.Module | None = None) -> torch.nn.Module:

@@ -372,7 +372,7 @@ def after_step(state, cfg: TrainConfig, pos: dict, ckpt_dir: Path | None, log, l
         metrics = validate()
         _log(state, log, {"step": pos["step"], **metrics})
         val, stop = metrics["val_loss"], _early_stop(pos, metrics["val_loss"], cfg.patience)
-    writes = ckpt_dir is not None and cfg.save_every and distributed.is_main()  # replicas hold the same state
+    writes = ckpt_dir is not None and cfg.save_every  # every rank: fsdp gathers its shards, rank 0 writes
     if writes and pos["step"] % cfg.save_every == 0 and not last:
         checkpoint.save_checkpoint(ckpt_dir, state, pos, cfg.keep_last, val)
     return stop
@@ -383,7 +383,7 @@ def finish(state, cfg: TrainConfig, pos: dict, ckpt_dir: Path | None, log, t0: f
     metrics = validate()
     _log(state, log, {"step": pos["step"], **metrics, "elapsed_s": round(time.time() - t0, 2),
                       **({"early_stopped": True} if stop else {})})
-    if ckpt_dir is not None and cfg.save_every and distributed.is_main():
+    if ckpt_dir is not None and cfg.save_every:
         checkpoint.save_checkpoint(ckpt_dir, state, pos, cfg.keep_last, metrics["val_loss"])
     if log:
         log.close()
