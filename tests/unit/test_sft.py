@@ -253,3 +253,33 @@ def test_prefix_sharing_is_on_by_default_and_off_where_it_cannot_apply():
     assert sft.prefix_sharing(TrainConfig()) == sft.MIN_SHARED_PREFIX
     for off in ({"share_prefix": False}, {"packing": True}, {"gradient_checkpointing": True}, {"compile": True}):
         assert sft.prefix_sharing(TrainConfig(**off)) == 0, off
+
+
+ARCHITECTURES = {  # tiny random decoders of other families: their attention, cache and mask code differ
+    "qwen2": {},  # q/k/v biases
+    "mistral": {"sliding_window": 16},  # rows of 23-32 tokens cross the window
+    "gemma2": {"head_dim": 8, "sliding_window": 16},  # alternating sliding / global layers, soft-capping
+    "gpt_neox": {},  # fused qkv, partial rotary
+    "phi3": {},  # fused qkv and gate/up
+}
+
+
+@pytest.mark.parametrize("arch", list(ARCHITECTURES))
+def test_shared_prefix_matches_full_rows_across_architectures(arch):
+    from transformers import AutoConfig
+
+    torch.manual_seed(0)
+    cfg = AutoConfig.for_model(arch, vocab_size=300, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                               num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
+                               pad_token_id=0, bos_token_id=1, eos_token_id=2, **ARCHITECTURES[arch])
+    model = AutoModelForCausalLM.from_config(cfg).float()
+    g = torch.Generator().manual_seed(0)
+    prefix = torch.randint(5, 300, (20,), generator=g).tolist()  # e.g. a system prompt
+    feats = []
+    for n in (5, 9, 3, 12):
+        rest = torch.randint(5, 300, (n,), generator=g).tolist()
+        feats.append((prefix + rest, [IGNORE] * (len(prefix) + 1) + rest[1:]))
+    shared = collate(feats, 0, share_prefix=4)
+    assert shared["prefix_ids"].shape == (1, 20)
+    _assert_same_step(_step(copy.deepcopy(model), [shared]), _step(copy.deepcopy(model), [collate(feats, 0)]),
+                      tol=1e-5)
