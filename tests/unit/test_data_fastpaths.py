@@ -2,8 +2,8 @@
 
     .venv/bin/python -m pytest tests/unit/test_data_fastpaths.py -q
 
-Covered: cleaning without ftfy for tidy ASCII and with ftfy's own unescape for ASCII entities (vs ftfy on
-every text), orjson reading (vs json), LSH pairs kept as int64 codes and on a row subset (vs a dict of
+Covered: cleaning without ftfy for tidy ASCII, with ftfy's own unescape for ASCII entities, and without
+ftfy for non-ASCII text it would only NFC-normalize (each vs ftfy on every text), orjson reading (vs json), LSH pairs kept as int64 codes and on a row subset (vs a dict of
 buckets and a copied slice), the identity-group matcher, and prepare() writing the same files twice.
 """
 
@@ -69,6 +69,45 @@ def test_gated_cleaning_equals_ftfy_on_entity_soup(text):
     # terminal escapes in '&'-free ASCII are the one documented exception of the older gate, so no "\x1b"
     assert clean.clean_text.__wrapped__(text) == ungated(text)
     assert clean.clean_text.__wrapped__(text, True) == ungated(text, True)
+
+
+SENTENCES = ["Der Flug nach München fällt aus, Entschädigung?", "東京行きの便は遅れています。", "Рейс задерживается на час.",
+             "الرحلة متأخرة ساعتين", "Vol annulé à Orly, hôtel payé ?", "Crème brûlée ✈️ and 😀 on board",
+             "¿Dónde está mi maleta?", "Łódź → Kraków: 15 min opóźnienia", "विमान देर से है", "비행기가 지연되었습니다",
+             "e\u0301te\u0301 a\u0300 Nice", "Ångström Ørsted Æbelø", "Μια καθυστέρηση στην πτήση", "naïve café ☕"]
+
+
+def utf8_texts() -> list:
+    """Correctly encoded non-ASCII text in many scripts (plus combining marks NFC composes), one to three
+    sentences per text, single- and multi-line."""
+    rng = random.Random(1)
+    return [rng.choice([" ", "\n"]).join(rng.sample(SENTENCES, rng.randint(1, 3))) for _ in range(300)]
+
+
+def test_ftfy_is_skipped_only_where_it_would_change_nothing_but_nfc():
+    texts = utf8_texts()
+    skipped = [t for t in texts if clean._ftfy_would_only_normalize(t) is not None]
+    assert len(skipped) == len(texts)  # correctly encoded text skips ftfy
+    for t in texts + bench_like_texts(200):
+        assert clean.clean_text.__wrapped__(t) == ungated(t), t
+        assert clean.clean_text.__wrapped__(t, True) == ungated(t, True), t
+
+
+UNICODE_PIECES = ["é", "e\u0301", "A\u0303", "\u00a9", "Ã", "Ã ", "Â", "©", "Œ", "œ", "\n", " ", "x", "😀", "❤️",
+                  "東京", "ß", "Ğ", "ÃƒÂ©", "â€™", "\u2019", "ﬁ", "Ａ", "\x85", "\x9d", "\u0300", "ά", "\u2028", "é\nÃ ",
+                  "\ufeff", "\x1b[31m", "&eacute;", "Ã©", "Ð", "ð", "\u200b", "\r"]
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.lists(st.sampled_from(UNICODE_PIECES), max_size=10).map("".join))
+def test_ftfy_skip_equals_ftfy_on_unicode_soup(text):
+    """Mojibake pieces, line starts ftfy's badness regex anchors on, characters its fixers touch and text
+    that NFC changes, in random mixes: wherever the skip applies, it gives ftfy's own result."""
+    skip = clean._ftfy_would_only_normalize(text)
+    if skip is not None:
+        assert skip == unicodedata.normalize("NFC", ftfy.fix_text(text, unescape_html=True))
+    if not text.isascii():  # ASCII (the "\x1b[31m" piece alone) is the older gate's, with its one exception
+        assert clean.clean_text.__wrapped__(text) == ungated(text)
 
 
 def test_orjson_reader_matches_json(tmp_path):
