@@ -1,6 +1,7 @@
 """train_log.jsonl and the optional trackers receive the same records."""
 
 import json
+import sys
 
 import pytest
 
@@ -57,3 +58,11 @@ def test_unknown_tracker_is_a_user_error(tmp_path):
     with pytest.raises(UserError, match="unknown tracker 'wandb'"):
         open_log(tmp_path / "train_log.jsonl", [], ["wandb"])
     assert not (tmp_path / "train_log.jsonl").exists()  # failed before touching the run folder
+
+
+@pytest.mark.parametrize("tracker,module,package", [("mlflow", "mlflow", "mlflow-skinny"),
+                                                    ("tensorboard", "torch.utils.tensorboard", "tensorboard")])
+def test_a_missing_tracker_package_is_a_user_error_naming_it(tmp_path, monkeypatch, tracker, module, package):
+    monkeypatch.setitem(sys.modules, module, None)  # `import` of a None entry raises ImportError
+    with pytest.raises(UserError, match=f"pip install {package}$"):
+        open_log(tmp_path / "train_log.jsonl", [], [tracker], {})

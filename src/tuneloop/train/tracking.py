@@ -14,6 +14,7 @@ tracker whose package is missing fails before training starts, not after an hour
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 from pathlib import Path
@@ -21,14 +22,18 @@ from pathlib import Path
 from tuneloop.errors import UserError
 
 
+def _require(module: str, tracker: str, package: str):
+    """The tracker's module, or a UserError naming the package to install."""
+    try:
+        return importlib.import_module(module)
+    except ImportError as e:
+        raise UserError(f"train.report_to has {tracker} but the package is missing: pip install {package}") from e
+
+
 class TensorBoardSink:
     def __init__(self, run_dir: Path, params: dict):
-        try:
-            from torch.utils.tensorboard import SummaryWriter
-        except ImportError as e:
-            raise UserError("train.report_to has tensorboard but the package is missing: "
-                            "pip install tensorboard") from e
-        self.writer = SummaryWriter(log_dir=str(run_dir / "tensorboard"))
+        tensorboard = _require("torch.utils.tensorboard", "tensorboard", "tensorboard")
+        self.writer = tensorboard.SummaryWriter(log_dir=str(run_dir / "tensorboard"))
         self.writer.add_text("config", "```\n" + json.dumps(params, indent=2, default=str) + "\n```")
 
     def log(self, step: int, values: dict) -> None:
@@ -42,12 +47,7 @@ class TensorBoardSink:
 
 class MlflowSink:
     def __init__(self, run_dir: Path, params: dict):
-        try:
-            import mlflow
-        except ImportError as e:
-            raise UserError("train.report_to has mlflow but the package is missing: "
-                            "pip install mlflow-skinny") from e
-        self.mlflow = mlflow
+        self.mlflow = mlflow = _require("mlflow", "mlflow", "mlflow-skinny")
         if not os.environ.get("MLFLOW_TRACKING_URI"):
             # A file store inside the run folder: works with the light `mlflow-skinny` (a SQLite store needs the
             # full mlflow), and MLflow 3 keeps it behind this opt-in. Point MLFLOW_TRACKING_URI at a server
