@@ -225,7 +225,8 @@ def shared_prefix_hidden(body, batch: dict) -> torch.Tensor:
 
     The prefix's keys/values stay in the autograd graph and are repeated for every row, so the backward sums
     each row's gradient into the one prefix computation: the same loss and gradients as running every row in
-    full, for (B-1)*P fewer tokens through the model. Positions continue from P (the cache length)."""
+    full, for (B-1)*P fewer tokens through the model. Positions continue from P (the cache length). With
+    LoRA dropout > 0 the rows share the prefix's one dropout mask."""
     from transformers import DynamicCache
 
     cache = DynamicCache(config=body.config)
