@@ -40,6 +40,17 @@ def open_run(target: str) -> tuple[str, dict | None]:
     return str(run_dir / "model"), yaml.safe_load((run_dir / "config.yaml").read_text()) or {}
 
 
+def _prepare(cfg: RunConfig, tok, out: Path, main: bool):
+    """The data stage into RUN/data on rank 0; every other rank prepares the same seeded splits (held in
+    memory) in a scratch folder that is removed at once."""
+    from tuneloop.data.prepare import prepare
+
+    if main:
+        return prepare(cfg.data, tok, out / "data", cfg.seed)
+    with tempfile.TemporaryDirectory(prefix="tuneloop-rank") as scratch:
+        return prepare(cfg.data, tok, Path(scratch), cfg.seed)
+
+
 def _say(msg: str) -> None:
     from tuneloop.train import distributed
 
@@ -95,7 +106,6 @@ def load_base(cfg: RunConfig):
 
 def run(cfg: RunConfig) -> dict:
     from tuneloop import recipes
-    from tuneloop.data.prepare import prepare
     from tuneloop.errors import UserError
     from tuneloop.report.html import write_report
     from tuneloop.report.model_card import write_model_card
@@ -122,8 +132,7 @@ def run(cfg: RunConfig) -> dict:
     _say(f"base model {info.spec} -> {info.path}")
 
     t = time.time()
-    # Every rank prepares the same (seeded) splits; only rank 0 keeps its files.
-    data = prepare(cfg.data, tok, out / "data" if main else Path(tempfile.mkdtemp(prefix="tuneloop-rank")), cfg.seed)
+    data = _prepare(cfg, tok, out, main)
     timings["data_s"] = round(time.time() - t, 1)
     c = data.ledger
     _say(f"data: {c.input} rows in, {c.kept} kept, rejected {dict(c.rejected)}, dropped {dict(c.dropped)}")

@@ -12,7 +12,9 @@ import unicodedata
 from dataclasses import dataclass
 
 import ftfy
+from ftfy import chardata as ftfy_chardata
 from ftfy import fixes as ftfy_fixes
+from ftfy.badness import is_bad
 
 from tuneloop.data.validate import Rejection
 
@@ -49,13 +51,11 @@ def _fixer_chars() -> re.Pattern:
     """One character class of everything ftfy's per-character fixers act on, built from ftfy's own tables:
     C1 controls, ligatures, full/half-width forms, curly quotes, line breaks, surrogates, the terminal-escape
     ESC, the control characters it removes, and "&" (HTML entities)."""
-    from ftfy import chardata
-    from ftfy import fixes as f
-
-    codes = set(chardata.LIGATURES) | set(chardata.WIDTH_MAP) | set(chardata.CONTROL_CHARS)
+    c = ftfy_chardata
+    codes = set(c.LIGATURES) | set(c.WIDTH_MAP) | set(c.CONTROL_CHARS)
     codes |= set(range(0x80, 0xA0)) | set(range(0xD800, 0xE000)) | {0x02BC, *range(0x2018, 0x2020)}
     codes |= {ord(c) for c in "\r\u2028\u2029\x85\x1b&"}
-    assert f.SURROGATE_RE.pattern == "[\ud800-\udfff]" and chardata.C1_CONTROL_RE.pattern == "[\\x80-\\x9f]"
+    assert ftfy_fixes.SURROGATE_RE.pattern == "[\ud800-\udfff]" and c.C1_CONTROL_RE.pattern == "[\\x80-\\x9f]"
     return re.compile("[" + "".join(re.escape(chr(c)) for c in sorted(codes)) + "]")
 
 
@@ -71,8 +71,6 @@ def _ftfy_would_only_normalize(text: str) -> str | None:
     result is NFC(text). Correctly encoded non-ASCII text (accents, emoji, other scripts) then costs ftfy's
     mojibake regex and one character-class search instead of its ~10 fixer passes: 28 vs 86 us per text on
     multilingual sentences (2 CPU cores); mojibake still goes through ftfy (tests: equal to ftfy)."""
-    from ftfy.badness import is_bad
-
     nfc = unicodedata.normalize("NFC", text)
     for t in (text, nfc) if nfc != text else (text,):
         if len(t) >= _FTFY_SEGMENT or _FIXER_CHARS.search(t):

@@ -230,18 +230,19 @@ def shared_prefix_hidden(body, batch: dict) -> torch.Tensor:
     from transformers import DynamicCache
 
     cache = DynamicCache(config=body.config)
-    name = _cache_kwarg(body)
+    name = _cache_kwarg(type(body))
     body(input_ids=batch["prefix_ids"], use_cache=True, **{name: cache})
     cache.batch_repeat_interleave(batch["input_ids"].shape[0])
     return body(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=True,
                 **{name: cache}).last_hidden_state
 
 
-def _cache_kwarg(body) -> str:
+@functools.lru_cache(maxsize=None)  # once per model class, not per micro-batch
+def _cache_kwarg(body_class: type) -> str:
     """transformers 5.2x renamed `past_key_values` to `cache`; use the name this model's forward takes."""
     import inspect
 
-    return "cache" if "cache" in inspect.signature(body.forward).parameters else "past_key_values"
+    return "cache" if "cache" in inspect.signature(body_class.forward).parameters else "past_key_values"
 
 
 def prefix_sharing(cfg: TrainConfig) -> int:
