@@ -2,9 +2,10 @@
 
     .venv/bin/python -m pytest tests/unit/test_data_fastpaths.py -q
 
-Covered: cleaning without ftfy for tidy ASCII, with ftfy's own unescape for ASCII entities, and without
-ftfy for non-ASCII text it would only NFC-normalize (each vs ftfy on every text), orjson reading (vs json), LSH pairs kept as int64 codes and on a row subset (vs a dict of
-buckets and a copied slice), the identity-group matcher, and prepare() writing the same files twice.
+Covered: cleaning without ftfy for tidy ASCII and our copy of ftfy's fix loop with its no-op steps skipped
+(each vs ftfy.fix_text on every text), orjson reading (vs json), PII hints, MinHash, LSH pairs kept as int64
+codes and on a row subset (vs a dict of buckets and a copied slice), the identity-group matcher, and prepare()
+writing the same files twice.
 """
 
 from __future__ import annotations
@@ -60,13 +61,12 @@ def test_gated_cleaning_equals_ftfy_on_every_text():
 
 PIECES = ["&amp;", "&lt;", "&gt;", "&#39;", "&#x41;", "&eacute;", "&amp;amp;", "&#10;", "&#9;", "&quot;", "&",
           ";", "#", "a", "Word", " ", "  ", "\t", "\n", "\r\n", "\u2019", "Ã©", "\x07", "&AMP;", "&nbsp;",
-          "\u00a0", "\u2028", "\u3000", "\x85", "\u200b", "\u1680", "\x1c", "é", "ﬁ", "Ａ", "\r"]
+          "\u00a0", "\u2028", "\u3000", "\x85", "\u200b", "\u1680", "\x1c", "é", "ﬁ", "Ａ", "\r", "\x1b[31m", "\x1b"]
 
 
 @settings(max_examples=300, deadline=None)
 @given(st.lists(st.sampled_from(PIECES), max_size=12).map("".join))
 def test_gated_cleaning_equals_ftfy_on_entity_soup(text):
-    # terminal escapes in '&'-free ASCII are the one documented exception of the older gate, so no "\x1b"
     assert clean.clean_text.__wrapped__(text) == ungated(text)
     assert clean.clean_text.__wrapped__(text, True) == ungated(text, True)
 
@@ -84,30 +84,38 @@ def utf8_texts() -> list:
     return [rng.choice([" ", "\n"]).join(rng.sample(SENTENCES, rng.randint(1, 3))) for _ in range(300)]
 
 
-def test_ftfy_is_skipped_only_where_it_would_change_nothing_but_nfc():
-    texts = utf8_texts()
-    skipped = [t for t in texts if clean._ftfy_would_only_normalize(t) is not None]
-    assert len(skipped) == len(texts)  # correctly encoded text skips ftfy
-    for t in texts + bench_like_texts(200):
+def ftfy_nfc(text: str) -> str:
+    return unicodedata.normalize("NFC", ftfy.fix_text(text, unescape_html=True))
+
+
+def test_ftfy_loop_equals_ftfy_on_correct_utf8_and_mojibake():
+    for t in utf8_texts() + bench_like_texts(200):
+        assert clean._ftfy(t) == ftfy_nfc(t), t
         assert clean.clean_text.__wrapped__(t) == ungated(t), t
         assert clean.clean_text.__wrapped__(t, True) == ungated(t, True), t
 
 
+def test_ftfy_fixers_leave_text_outside_their_domain_alone():
+    """The skip of a per-pass fixer is exact: given every BMP character it does not act on, it returns them."""
+    for fix, domain in clean._PASS_FIXERS:
+        others = "".join(chr(c) for c in range(0x10000) if not domain.match(chr(c)))
+        assert fix(others) == others, fix.__name__
+        inside = [chr(c) for c in range(0x10000) if domain.match(chr(c))]
+        assert any(fix(c + "[31m") != c + "[31m" for c in inside), fix.__name__  # the domain is not empty
+
+
 UNICODE_PIECES = ["é", "e\u0301", "A\u0303", "\u00a9", "Ã", "Ã ", "Â", "©", "Œ", "œ", "\n", " ", "x", "😀", "❤️",
                   "東京", "ß", "Ğ", "ÃƒÂ©", "â€™", "\u2019", "ﬁ", "Ａ", "\x85", "\x9d", "\u0300", "ά", "\u2028", "é\nÃ ",
-                  "\ufeff", "\x1b[31m", "&eacute;", "Ã©", "Ð", "ð", "\u200b", "\r"]
+                  "\ufeff", "\x1b[31m", "&eacute;", "Ã©", "Ð", "ð", "\u200b", "\r", "&amp;", "\ud83d", "â€", "ï¬\x81"]
 
 
-@settings(max_examples=400, deadline=None)
+@settings(max_examples=600, deadline=None)
 @given(st.lists(st.sampled_from(UNICODE_PIECES), max_size=10).map("".join))
-def test_ftfy_skip_equals_ftfy_on_unicode_soup(text):
-    """Mojibake pieces, line starts ftfy's badness regex anchors on, characters its fixers touch and text
-    that NFC changes, in random mixes: wherever the skip applies, it gives ftfy's own result."""
-    skip = clean._ftfy_would_only_normalize(text)
-    if skip is not None:
-        assert skip == unicodedata.normalize("NFC", ftfy.fix_text(text, unescape_html=True))
-    if not text.isascii():  # ASCII (the "\x1b[31m" piece alone) is the older gate's, with its one exception
-        assert clean.clean_text.__wrapped__(text) == ungated(text)
+def test_ftfy_loop_equals_ftfy_on_unicode_soup(text):
+    """Mojibake pieces, line starts ftfy's badness regex anchors on, characters its fixers touch, entities,
+    surrogates and text that NFC changes, in random mixes."""
+    assert clean._ftfy(text) == ftfy_nfc(text)
+    assert clean.clean_text.__wrapped__(text) == ungated(text)
 
 
 def test_orjson_reader_matches_json(tmp_path):

@@ -14,7 +14,6 @@ from dataclasses import dataclass
 import ftfy
 from ftfy import chardata as ftfy_chardata
 from ftfy import fixes as ftfy_fixes
-from ftfy.badness import is_bad
 
 from tuneloop.data.validate import Rejection
 
@@ -22,73 +21,68 @@ _CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")
 _SPACES = re.compile(r"[ \t\u00a0\u2000-\u200b\u3000]+")
 _NEWLINES = re.compile(r"\n{3,}")
 _TAGS = re.compile(r"<(script|style)\b.*?</\1\s*>|<!--.*?-->|</?[A-Za-z][^<>]{0,500}>", re.S | re.I)
-# Pure-ASCII text without '&' cannot hold mojibake or HTML entities, so ftfy (0.1-0.4 ms/call) is skipped;
-# other text goes through it unless _ftfy_would_only_normalize proves ftfy would change nothing.
-_NEEDS_FTFY = re.compile(r"[^\x00-\x7f]|&")
+# Pure-ASCII text without '&' or ESC holds no mojibake, HTML entity or terminal escape: ftfy would return it
+# unchanged, so it skips ftfy (most rows of most files); everything else goes through _ftfy.
+_NEEDS_FTFY = re.compile(r"[^\x00-\x7f]|[&\x1b]")
 # Text without control characters, line breaks, double spaces or any other whitespace than " " (everything
 # str.split() or _SPACES would act on) is already tidy: cleaning it is just strip() (most rows of most files).
 _UNTIDY = re.compile(r"[\x00-\x1f\x7f-\xa0\u1680\u2000-\u200b\u2028\u2029\u202f\u205f\u3000]|  ")
-_NON_PRINTABLE = re.compile(r"[^\x20-\x7e]")
-_FTFY_SEGMENT = 1_000_000  # ftfy's max_decode_length: longer lines are fixed in pieces, so no shortcut
+_FTFY_SEGMENT = 1_000_000  # ftfy's max_decode_length: longer lines are cut into pieces, left to ftfy itself
 
 
-def _ascii_entities(text: str) -> str | None:
-    """What ftfy.fix_text returns for printable ASCII whose only fix is HTML entities ("&amp;" -> "&"), or None
-    when the shortcut does not apply. On such text ftfy's other fixes are no-ops, so its fix-until-stable loop
-    reduces to repeating its own `unescape_html`; anything that turns non-ASCII goes through ftfy in full."""
-    if _NON_PRINTABLE.search(text) or len(text) >= _FTFY_SEGMENT:
-        return None
-    while True:
-        fixed = ftfy_fixes.unescape_html(text)
-        if fixed == text:
-            return text
-        if _NON_PRINTABLE.search(fixed):
-            return None
-        text = fixed
-
-
-def _fixer_chars() -> re.Pattern:
-    """One character class of everything ftfy's per-character fixers act on, built from ftfy's own tables:
-    C1 controls, ligatures, full/half-width forms, curly quotes, line breaks, surrogates, the terminal-escape
-    ESC, the control characters it removes, and "&" (HTML entities)."""
-    c = ftfy_chardata
-    codes = set(c.LIGATURES) | set(c.WIDTH_MAP) | set(c.CONTROL_CHARS)
-    codes |= set(range(0x80, 0xA0)) | set(range(0xD800, 0xE000)) | {0x02BC, *range(0x2018, 0x2020)}
-    codes |= {ord(c) for c in "\r\u2028\u2029\x85\x1b&"}
-    assert ftfy_fixes.SURROGATE_RE.pattern == "[\ud800-\udfff]" and c.C1_CONTROL_RE.pattern == "[\\x80-\\x9f]"
+def _char_class(codes) -> re.Pattern:
     return re.compile("[" + "".join(re.escape(chr(c)) for c in sorted(codes)) + "]")
 
 
-_FIXER_CHARS = _fixer_chars()
+def _fixer_domains() -> dict:
+    """The characters each of ftfy.fix_and_explain's per-pass fixers acts on (none: the fixer returns its input),
+    read from ftfy's own tables and patterns; in ftfy's order, all on in its default config."""
+    c, f = ftfy_chardata, ftfy_fixes
+    assert f.SURROGATE_RE.pattern == "[\ud800-\udfff]" and c.C1_CONTROL_RE.pattern == "[\\x80-\\x9f]"
+    return {"fix_c1_controls": set(range(0x80, 0xA0)), "fix_latin_ligatures": set(c.LIGATURES),
+            "fix_character_width": set(c.WIDTH_MAP), "uncurl_quotes": {0x02BC, *range(0x2018, 0x2020)},
+            "fix_line_breaks": set(map(ord, "\r\u2028\u2029\x85")), "fix_surrogates": set(range(0xD800, 0xE000)),
+            "remove_terminal_escapes": {0x1B}, "remove_control_chars": set(c.CONTROL_CHARS)}
 
 
-def _ftfy_would_only_normalize(text: str) -> str | None:
-    """NFC(text) when ftfy.fix_text would change nothing but the normalization, else None.
+_DOMAINS = _fixer_domains()
+_PASS_FIXERS = tuple((getattr(ftfy_fixes, name), _char_class(codes)) for name, codes in _DOMAINS.items())
+_FIXER_CHARS = _char_class(set().union(*_DOMAINS.values()))
+_ENCODING_CONFIG = ftfy.TextFixerConfig(explain=False)  # what fix_and_explain gives fix_encoding
 
-    fix_text works per line ("\n"-ended segment): it re-decodes a segment only when ftfy's own mojibake test
-    (badness.is_bad) flags it, and its other fixers only touch the characters in _FIXER_CHARS. Neither in the
-    text nor in its NFC form (fix_text loops until stable, so a second pass sees the NFC text) means the
-    result is NFC(text). Correctly encoded non-ASCII text (accents, emoji, other scripts) then costs ftfy's
-    mojibake regex and one character-class search instead of its ~10 fixer passes: 28 vs 86 us per text on
-    multilingual sentences (2 CPU cores); mojibake still goes through ftfy (tests: equal to ftfy)."""
-    nfc = unicodedata.normalize("NFC", text)
-    for t in (text, nfc) if nfc != text else (text,):
-        if len(t) >= _FTFY_SEGMENT or _FIXER_CHARS.search(t):
-            return None
-        pos = 0
-        while pos < len(t):
-            end = t.find("\n", pos) + 1 or len(t)
-            if is_bad(t[pos:end]):
-                return None
-            pos = end
-    return nfc
+
+def _fix_segment(text: str) -> str:
+    """ftfy.fix_and_explain(text, unescape_html=True).text for one line, with three skips that change nothing:
+    - HTML unescaping only when the text holds "&" (ftfy's entity regex starts with it);
+    - fix_encoding not on ASCII text (its first test returns it as is) nor on its own previous output (it
+      stops only where one more step changes nothing, so that output is its fixed point);
+    - each of the eight per-pass fixers only when the text holds a character it acts on (_DOMAINS).
+    On the bench's mojibake tweets ftfy spends most of its ~0.5 ms per text repeating these; on correctly
+    encoded non-ASCII text what is left is ftfy's mojibake test and NFC. Tests: equal to ftfy.fix_text on
+    real, multilingual and generated texts (tests/unit/test_data_fastpaths.py)."""
+    fixed_point = None
+    while True:  # fix_and_explain's loop: whole passes until one changes nothing
+        orig = text
+        if "&" in text:
+            text = ftfy_fixes.unescape_html(text)
+        if text != fixed_point and not text.isascii():
+            text = fixed_point = ftfy.fix_encoding(text, _ENCODING_CONFIG)
+        if _FIXER_CHARS.search(text):  # one search for the common case of none, then each fixer's own
+            for fix, domain in _PASS_FIXERS:
+                if domain.search(text):
+                    text = fix(text)
+        text = unicodedata.normalize("NFC", text)
+        if text == orig:
+            return text
 
 
 def _ftfy(text: str) -> str:
-    fixed = _ascii_entities(text) if text.isascii() else _ftfy_would_only_normalize(text)
-    if fixed is None:
-        fixed = unicodedata.normalize("NFC", ftfy.fix_text(text, unescape_html=True))
-    return fixed
+    """NFC(ftfy.fix_text(text, unescape_html=True)): fix_text fixes each "\n"-ended line on its own."""
+    if len(text) >= _FTFY_SEGMENT:
+        return unicodedata.normalize("NFC", ftfy.fix_text(text, unescape_html=True))
+    lines = text.split("\n")
+    fixed = [_fix_segment(line + "\n") for line in lines[:-1]] + ([_fix_segment(lines[-1])] if lines[-1] else [])
+    return unicodedata.normalize("NFC", "".join(fixed))
 
 
 @functools.lru_cache(maxsize=4096)  # system instructions and labels repeat on every row

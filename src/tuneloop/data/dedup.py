@@ -64,12 +64,18 @@ def minhash(texts: list, ngram: int = 2, num_perm: int = NUM_PERM, seed: int = 1
     """MinHash signatures [len(texts), num_perm] uint32. Cost ~ shingles x num_perm multiply-adds."""
     a, b = _permutations(num_perm, seed)
     out = np.empty((len(texts), num_perm), dtype=np.uint32)
+    buf = np.empty(0, dtype=np.uint64)
     for s in range(0, len(texts), chunk):
         h, row = shingle_hashes(texts[s: s + chunk], ngram)
         # multiply-shift hashing: (a*x + b) mod 2**64, top 32 bits; [num_perm, shingles] built in place, so
         # the per-row min runs along contiguous memory (4x faster than reducing [shingles, num_perm] on axis 0).
-        # The shift commutes with min, so it runs on the reduced [num_perm, rows] result only.
-        hv = np.multiply.outer(a, h)
+        # The shift commutes with min, so it runs on the reduced [num_perm, rows] result only. A broadcast
+        # multiply into one reused buffer: np.multiply.outer took 25 ns per product here vs ~1 ns (and a fresh
+        # ~80 MB array per chunk costs page faults).
+        if buf.size < num_perm * len(h):
+            buf = np.empty(num_perm * len(h), dtype=np.uint64)
+        hv = buf[: num_perm * len(h)].reshape(num_perm, len(h))
+        np.multiply(a[:, None], h[None, :], out=hv)
         hv += b[:, None]
         starts = np.flatnonzero(np.r_[True, row[1:] != row[:-1]])
         out[s: s + len(starts)] = (np.minimum.reduceat(hv, starts, axis=1) >> np.uint64(32)).T
