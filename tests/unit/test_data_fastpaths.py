@@ -23,7 +23,7 @@ from hypothesis import strategies as st
 
 from tuneloop.config import DataConfig
 from tuneloop.data import audit, clean, dedup, pii
-from tuneloop.data.formats import airline_csv
+from tuneloop.data.formats import Example, airline_csv
 from tuneloop.data.prepare import prepare
 from tuneloop.data.readers import read_rows
 
@@ -194,8 +194,15 @@ def test_prepare_is_deterministic_and_copies_spooled_lines(tmp_path):
             counts["dropped"].values())
         outs.append({p.name: p.read_bytes() for p in (tmp_path / f"out{k}").iterdir() if p.suffix == ".jsonl"})
     assert outs[0] == outs[1] and len(outs[0]) == 5
-    for line in outs[0]["train.jsonl"].decode().splitlines():  # spooled lines are the canonical dump
-        assert line == json.dumps(json.loads(line), ensure_ascii=False)
+    for line in outs[0]["train.jsonl"].splitlines(keepends=True):  # spooled lines are the canonical dump
+        assert line == Example.from_json(json.loads(line)).to_line()
+
+
+def test_example_lines_fall_back_to_json_for_what_orjson_refuses():
+    for meta in ({"n": 2**70}, {"s": "\ud800"}, {"f": 1.5, "e": "é"}):
+        ex = Example([{"role": "user", "content": "hi"}], "x", meta)
+        line = ex.to_line()
+        assert line.endswith(b"\n") and json.loads(line) == ex.to_json()
 
 
 def test_minhash_matches_per_row_definition():

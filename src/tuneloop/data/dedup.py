@@ -39,18 +39,18 @@ def _permutations(num_perm: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
 
 def shingle_hashes(texts: list, ngram: int = 2) -> tuple[np.ndarray, np.ndarray]:
     """(hashes uint64 < 2**32, row index) of every word n-gram; a row shorter than n gives one shingle."""
-    words, rows = [], []
-    for i, t in enumerate(texts):
+    words, counts = [], []
+    for t in texts:
         toks = _WORD.findall(t.casefold())
         if len(toks) < ngram:
             toks = [" ".join(toks)] + [""] * (ngram - 1)  # one shingle for short rows, even empty ones
         words += toks
-        rows += [i] * len(toks)
+        counts.append(len(toks))
     # one encode of all words (no word holds "\n": \w excludes it) and crc32 mapped at C speed, not a
     # Python-level encode + crc32 per word
     encoded = "\n".join(words).encode("utf-8", "surrogatepass").split(b"\n")
     h = np.fromiter(map(zlib.crc32, encoded), np.uint64, len(words))
-    row = np.asarray(rows, dtype=np.int64)
+    row = np.repeat(np.arange(len(texts), dtype=np.int64), counts)
     m = len(h) - ngram + 1
     g = h[:m].copy()
     for k in range(1, ngram):
@@ -60,8 +60,9 @@ def shingle_hashes(texts: list, ngram: int = 2) -> tuple[np.ndarray, np.ndarray]
     return g, row[:m][valid]
 
 
-def minhash(texts: list, ngram: int = 2, num_perm: int = NUM_PERM, seed: int = 1, chunk: int = 2048) -> np.ndarray:
-    """MinHash signatures [len(texts), num_perm] uint32. Cost ~ shingles x num_perm multiply-adds."""
+def minhash(texts: list, ngram: int = 2, num_perm: int = NUM_PERM, seed: int = 1, chunk: int = 512) -> np.ndarray:
+    """MinHash signatures [len(texts), num_perm] uint32. Cost ~ shingles x num_perm multiply-adds. Chunks of 512
+    rows keep the [num_perm, shingles] products (~16 MB for tweets) in cache: ~20% faster than 2048 here."""
     a, b = _permutations(num_perm, seed)
     out = np.empty((len(texts), num_perm), dtype=np.uint32)
     buf = np.empty(0, dtype=np.uint64)
@@ -103,25 +104,31 @@ def candidate_pairs(sigs: np.ndarray, bands: int, rows: int, subset: np.ndarray 
     and its predecessor in the bucket (linear in bucket size, unlike all pairs), sorted. Rows are positions in
     `subset` (indices into sigs) when given, so callers need not copy a [n, num_perm] slice.
 
-    Memory: pairs are kept as one int64 code (later * n + earlier) and deduplicated after every band, so the
-    peak is a few int64 arrays of the distinct-pair count, not 2 x bands x duplicates pairs of [k, 2]."""
+    Memory: pairs are kept as one int64 code (later * n + earlier); new bands' codes are merged into the
+    distinct set (np.unique) once they outnumber it, so the peak stays a few int64 arrays of the distinct-pair
+    count, not 2 x bands x duplicates pairs of [k, 2], and the set is not re-sorted after every band."""
     n = len(sigs) if subset is None else len(subset)
     idx = np.arange(n, dtype=np.int64)
     weights = np.random.default_rng(7).integers(1, 2**63, size=rows, dtype=np.uint64) | np.uint64(1)
     codes = np.empty(0, dtype=np.int64)
+    pending: list = []
     for band in range(bands):
         cols = slice(band * rows, (band + 1) * rows)
         part = sigs[:, cols] if subset is None else sigs[subset, cols]
         key = (part.astype(np.uint64) * weights).sum(axis=1)
-        order = np.lexsort((idx, key))
+        order = np.argsort(key, kind="stable")  # ties in row order, as lexsort((idx, key)) but one sort
         k = key[order]
         same = np.r_[False, k[1:] == k[:-1]]
         if not same.any():
             continue
         group_start = np.maximum.accumulate(np.where(same, 0, idx))
         later = order[same] * n
-        codes = np.unique(np.concatenate([codes, later + order[group_start[same]],
-                                          later + order[np.flatnonzero(same) - 1]]))
+        pending += [later + order[group_start[same]], later + order[np.flatnonzero(same) - 1]]
+        if sum(map(len, pending)) > max(len(codes), 1 << 16) or band == bands - 1:
+            codes = np.unique(np.concatenate([codes, *pending]))
+            pending = []
+    if pending:
+        codes = np.unique(np.concatenate([codes, *pending]))
     return np.stack([codes // n, codes % n], 1) if len(codes) else np.empty((0, 2), dtype=np.int64)
 
 

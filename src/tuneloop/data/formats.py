@@ -23,10 +23,13 @@ Every format becomes `Example(messages, label, meta, rejected)`. One real record
 from __future__ import annotations
 
 import csv
+import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator
+
+import orjson
 
 from tuneloop.data.readers import Row, check_path, read_rows
 from tuneloop.data.validate import Rejection, check_chat
@@ -49,6 +52,15 @@ class Example:
         if self.rejected is not None:
             out["rejected"] = self.rejected
         return out
+
+    def to_line(self) -> bytes:
+        """The example as one UTF-8 JSONL line: orjson (~8x faster than json.dumps); json with \\u escapes for
+        what orjson refuses (lone surrogates, integers over 64 bits). JSON has no NaN: a NaN field becomes null."""
+        obj = self.to_json()
+        try:
+            return orjson.dumps(obj, option=orjson.OPT_APPEND_NEWLINE)
+        except orjson.JSONEncodeError:
+            return (json.dumps(obj) + "\n").encode("ascii")
 
     @classmethod
     def from_json(cls, d: dict) -> "Example":

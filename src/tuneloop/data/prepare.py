@@ -122,6 +122,7 @@ class Stage:
         self.quarantine = open(out_dir / "rejected.jsonl", "w", encoding="utf-8")
         self.dropped = open(out_dir / "dropped.jsonl", "w", encoding="utf-8")
         self.spool = open(out_dir / ".candidates.jsonl", "w+b")
+        self.spool_end = 0  # bytes written (tell() per row costs more than this sum)
 
     def close(self) -> None:
         for f in (self.quarantine, self.dropped, self.spool):
@@ -167,12 +168,12 @@ def _row_pass(st: Stage, row, fmt: str) -> None:
     failed = quality_failure(text, st.quality)
     if failed:
         return st.drop(row.line, row.source, failed)
-    pii.redact_example(ex, st.pii_types, st.pii_counts)
     if cfg.dedup != "none":
         key = dedup.exact_key(text)
         if key in st.seen:
             return st.drop(row.line, row.source, "duplicate", of_line=st.seen[key])
         st.seen[key] = row.line
+    pii.redact_example(ex, st.pii_types, st.pii_counts)  # after the exact check: dropped rows need none
     st.pending.append((ex, text))
     if len(st.pending) >= BATCH:
         _flush(st)
@@ -196,8 +197,10 @@ def _flush(st: Stage) -> None:
     if st.cfg.dedup == "near" or st.cfg.contamination_threshold > 0:
         c.sigs.append(dedup.minhash([t for _, t, _, _ in keep]))
     for ex, text, n, a in keep:
-        c.offsets.append(st.spool.tell())
-        st.spool.write(json.dumps(ex.to_json(), ensure_ascii=False).encode("utf-8") + b"\n")
+        line = ex.to_line()
+        c.offsets.append(st.spool_end)
+        st.spool.write(line)
+        st.spool_end += len(line)
         c.lines.append(ex.meta["line"])
         c.labels.append(st.label_ids.setdefault(ex.label, ex.label))
         c.tokens.append(n)

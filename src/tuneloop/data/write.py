@@ -64,7 +64,7 @@ def _write_split(path: Path, spool, c, ids: list, weights: dict, extra_ids: list
     cf_rows = []
     with open(path, "wb") as f:
         def put(ex: Example) -> None:
-            line = (json.dumps(ex.to_json(), ensure_ascii=False) + "\n").encode("utf-8")
+            line = ex.to_line()
             f.write(line)
             data_hash.update(line)
             labels[ex.label] += 1
