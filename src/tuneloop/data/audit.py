@@ -69,7 +69,8 @@ def identity_terms() -> dict:
 
 
 def matchers(terms: dict) -> tuple:
-    """(group names, {lowercased term: bits}, {case-sensitive name: bits}, two-word terms) for group_mask."""
+    """(group names, {lowercased term: bits}, {case-sensitive name: bits}, two-word terms, and the two tables
+    keyed by ASCII bytes) for group_mask."""
     names = list(terms)
     insensitive: dict = {}
     sensitive: dict = {}
@@ -77,26 +78,38 @@ def matchers(terms: dict) -> tuple:
         for w, case in entries:
             table, key = (sensitive, w) if case else (insensitive, w.lower())
             table[key] = table.get(key, 0) | (1 << i)
-    return names, insensitive, sensitive, tuple(k for k in insensitive if " " in k)
+
+    def ascii_keys(table: dict) -> dict:  # a term outside ASCII never equals a word of ASCII text
+        return {k.encode("ascii"): v for k, v in table.items() if k.isascii()}
+
+    return (names, insensitive, sensitive, tuple(k for k in insensitive if " " in k), ascii_keys(insensitive),
+            ascii_keys(sensitive))
 
 
 _WORDS = re.compile(r"[A-Za-z]+")
+# bytes.translate tables turning ASCII text into its [A-Za-z]+ words at C speed: every other byte a space
+_LETTERS = bytes(b if 65 <= b <= 90 or 97 <= b <= 122 else 32 for b in range(256))
+_LETTERS_LOWER = bytes(b + 32 if 65 <= b <= 90 else b if 97 <= b <= 122 else 32 for b in range(256))
 
 
 def group_mask(text: str, m: tuple) -> int:
     """Bit i set when the text mentions group i: the row's word set is intersected with the term tables
-    (C-speed set operations, not one alternation regex of ~300 terms); two-word terms by substring."""
-    _, insensitive, sensitive, phrases = m
+    (C-speed set operations, not one alternation regex of ~300 terms); two-word terms by substring. ASCII
+    text is split into words by bytes.translate + split (~1 us per tweet; the regex took ~8)."""
+    _, insensitive, sensitive, phrases, insensitive_b, sensitive_b = m
     lower = text.lower()
-    words = _WORDS.findall(text)
-    # ASCII lowercasing maps letters to letters, so the words of `lower` are these words lowercased (one regex
-    # pass instead of two); other scripts can lowercase into ASCII letters ("K" Kelvin sign), so they rescan
-    lowered = " ".join(words).lower().split() if text.isascii() else _WORDS.findall(lower)
     mask = 0
-    for w in insensitive.keys() & lowered:
-        mask |= insensitive[w]
-    for w in sensitive.keys() & words:
-        mask |= sensitive[w]
+    if text.isascii():
+        raw = text.encode("ascii")
+        for w in insensitive_b.keys() & raw.translate(_LETTERS_LOWER).split():
+            mask |= insensitive_b[w]
+        for w in sensitive_b.keys() & raw.translate(_LETTERS).split():
+            mask |= sensitive_b[w]
+    else:  # other scripts can lowercase into ASCII letters ("K" Kelvin sign), so the lowered text is rescanned
+        for w in insensitive.keys() & _WORDS.findall(lower):
+            mask |= insensitive[w]
+        for w in sensitive.keys() & _WORDS.findall(text):
+            mask |= sensitive[w]
     if " " in lower:
         padded = f" {lower} "
         for phrase in phrases:

@@ -113,11 +113,6 @@ def clean_example(ex, single_line: bool, strip_html: bool) -> None:
                                 "cleaning (only control characters, markup or whitespace)")
 
 
-def dedup_key(text: str) -> str:
-    """Normalized form for exact-duplicate detection: case and whitespace ignored."""
-    return " ".join(text.casefold().split())
-
-
 @dataclass
 class QualityRules:
     min_chars: int = 0

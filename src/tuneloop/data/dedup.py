@@ -12,7 +12,6 @@ bench/data_prep.py compares speed, precision and recall with `datasketch.MinHash
 
 from __future__ import annotations
 
-import hashlib
 import re
 import zlib
 
@@ -20,14 +19,18 @@ import numpy as np
 
 NUM_PERM = 128
 _WORD = re.compile(r"\w+")
+# ASCII bytes -> the same words _WORD finds in the casefolded text: letters lowered, digits and "_" kept, rest " "
+_ASCII_WORDS = bytes(b + 32 if 65 <= b <= 90 else b if (97 <= b <= 122 or 48 <= b <= 57 or b == 95) else 32
+                     for b in range(256))
 _MASK32 = np.uint64(0xFFFFFFFF)
 _MIX = np.uint64(0x9E3779B97F4A7C15)  # odd 64-bit constant (golden ratio) to combine word hashes into n-grams
 
 
 def exact_key(text: str) -> int:
-    """64-bit hash of the normalized text (case and whitespace ignored)."""
-    norm = " ".join(text.casefold().split()).encode("utf-8", "surrogatepass")
-    return int.from_bytes(hashlib.blake2b(norm, digest_size=8).digest(), "little")
+    """64-bit hash of the normalized text (case and whitespace ignored): Python's own string hash (SipHash),
+    seeded per process, so keys compare within one prepare() run, which is all they are for (1.5 us less
+    per row than blake2b of the encoded text)."""
+    return hash(" ".join(text.casefold().split()))
 
 
 def _permutations(num_perm: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -39,17 +42,18 @@ def _permutations(num_perm: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
 
 def shingle_hashes(texts: list, ngram: int = 2) -> tuple[np.ndarray, np.ndarray]:
     """(hashes uint64 < 2**32, row index) of every word n-gram; a row shorter than n gives one shingle."""
-    words, counts = [], []
+    words, counts = [], []  # words as UTF-8 bytes, what crc32 hashes
     for t in texts:
-        toks = _WORD.findall(t.casefold())
+        if t.isascii():  # \w on ASCII is [A-Za-z0-9_] and casefold is lower: one translate + split at C speed
+            toks = t.encode("ascii").translate(_ASCII_WORDS).split()
+        else:  # one encode per row, not per word (no word holds "\n": \w excludes it)
+            toks = _WORD.findall(t.casefold())
+            toks = "\n".join(toks).encode("utf-8", "surrogatepass").split(b"\n") if toks else []
         if len(toks) < ngram:
-            toks = [" ".join(toks)] + [""] * (ngram - 1)  # one shingle for short rows, even empty ones
+            toks = [b" ".join(toks)] + [b""] * (ngram - 1)  # one shingle for short rows, even empty ones
         words += toks
         counts.append(len(toks))
-    # one encode of all words (no word holds "\n": \w excludes it) and crc32 mapped at C speed, not a
-    # Python-level encode + crc32 per word
-    encoded = "\n".join(words).encode("utf-8", "surrogatepass").split(b"\n")
-    h = np.fromiter(map(zlib.crc32, encoded), np.uint64, len(words))
+    h = np.fromiter(map(zlib.crc32, words), np.uint64, len(words))
     row = np.repeat(np.arange(len(texts), dtype=np.int64), counts)
     m = len(h) - ngram + 1
     g = h[:m].copy()
