@@ -21,12 +21,9 @@ _CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")
 _SPACES = re.compile(r"[ \t\u00a0\u2000-\u200b\u3000]+")
 _NEWLINES = re.compile(r"\n{3,}")
 _TAGS = re.compile(r"<(script|style)\b.*?</\1\s*>|<!--.*?-->|</?[A-Za-z][^<>]{0,500}>", re.S | re.I)
-# Pure-ASCII text without '&' or ESC holds no mojibake, HTML entity or terminal escape: ftfy would return it
-# unchanged, so it skips ftfy (most rows of most files); everything else goes through _ftfy.
-_NEEDS_FTFY = re.compile(r"[^\x00-\x7f]|[&\x1b]")
 # Text without control characters, line breaks, double spaces or any other whitespace than " " (everything
 # str.split() or _SPACES would act on) is already tidy: cleaning it is just strip() (most rows of most files).
-_UNTIDY = re.compile(r"[\x00-\x1f\x7f-\xa0\u1680\u2000-\u200b\u2028\u2029\u202f\u205f\u3000]|  ")
+_UNTIDY_CHARS = re.compile(r"[\x00-\x1f\x7f-\xa0\u1680\u2000-\u200b\u2028\u2029\u202f\u205f\u3000]")
 _FTFY_SEGMENT = 1_000_000  # ftfy's max_decode_length: longer lines are cut into pieces, left to ftfy itself
 
 
@@ -90,9 +87,11 @@ def clean_text(text: str, single_line: bool = False, strip_html: bool = False) -
     """Repair mojibake and HTML entities (ftfy), NFC-normalize, drop control characters, tidy whitespace."""
     if strip_html:
         text = _TAGS.sub(" ", text)
-    if _NEEDS_FTFY.search(text):
+    # Pure-ASCII text without '&' or ESC holds no mojibake, HTML entity or terminal escape: ftfy would return
+    # it unchanged, so it skips ftfy (most rows of most files). isascii() is O(1), `in` a memchr.
+    if not text.isascii() or "&" in text or "\x1b" in text:
         text = _ftfy(text)
-    if not _UNTIDY.search(text):
+    if "  " not in text and not _UNTIDY_CHARS.search(text):
         return text.strip()
     text = _CONTROL.sub("", text.replace("\r\n", "\n").replace("\r", "\n"))
     if single_line:

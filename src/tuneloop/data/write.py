@@ -99,7 +99,7 @@ def write_outputs(st, cfg: DataConfig, parts: dict, info: dict, tokenizer) -> tu
     from tuneloop.data.report import write_data_report
 
     c, out_dir = st.cand, st.out_dir
-    names = st.terms[0]
+    names = st.terms.names
     split_of = {i: name for name, ids in parts.items() for i in ids}
     kept = sorted(split_of)
     audit = bias.audit([c.labels[i] or "" for i in kept], [c.masks[i] for i in kept], [split_of[i] for i in kept],
