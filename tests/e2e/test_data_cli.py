@@ -43,7 +43,8 @@ def test_prepare_file_writes_everything(tmp_path):
     m = json.loads((out / "manifest.json").read_text())
     assert m["counts"] == {"input": 33, "kept": 30, "rejected": {"invalid_json": 1, "messages_missing": 1},
                            "dropped": {"duplicate": 1}}
-    assert m["pii"]["redacted"] == {"phone": 31} and len(m["source_sha256"]) == 64
+    # 31 rows hold a phone number; the exact duplicate is dropped before redaction, so 30 are redacted
+    assert m["pii"]["redacted"] == {"phone": 30} and len(m["source_sha256"]) == 64
     assert m["token_lengths"]["train"]["n"] == 20 and m["token_lengths"]["train"]["max"] > 20
     train = [json.loads(x) for x in (out / "train.jsonl").read_text().splitlines()]
     assert all("<PHONE>" in ex["messages"][1]["content"] for ex in train)
