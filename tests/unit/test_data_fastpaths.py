@@ -59,6 +59,15 @@ def test_gated_cleaning_equals_ftfy_on_every_text():
         assert clean.clean_text.__wrapped__(t, True) == ungated(t, True), t
 
 
+def test_ascii_gate_equals_ftfy_for_every_ascii_character():
+    """ASCII text without '&' or ESC skips ftfy; whatever ftfy would still change (control characters, "\r")
+    the tidy pass changes the same way."""
+    for c in map(chr, range(128)):
+        for text in (f"a{c}b", f"{c}x{c}{c}y\r\n{c}", c):
+            assert clean.clean_text.__wrapped__(text) == ungated(text), repr(text)
+            assert clean.clean_text.__wrapped__(text, True) == ungated(text, True), repr(text)
+
+
 PIECES = ["&amp;", "&lt;", "&gt;", "&#39;", "&#x41;", "&eacute;", "&amp;amp;", "&#10;", "&#9;", "&quot;", "&",
           ";", "#", "a", "Word", " ", "  ", "\t", "\n", "\r\n", "\u2019", "Ã©", "\x07", "&AMP;", "&nbsp;",
           "\u00a0", "\u2028", "\u3000", "\x85", "\u200b", "\u1680", "\x1c", "é", "ﬁ", "Ａ", "\r", "\x1b[31m", "\x1b"]
@@ -206,6 +215,9 @@ def test_example_lines_fall_back_to_json_for_what_orjson_refuses():
         ex = Example([{"role": "user", "content": "hi"}], "x", meta)
         line = ex.to_line()
         assert line.endswith(b"\n") and json.loads(line) == ex.to_json()
+    for meta in ({"f": float("nan"), "g": [float("inf")]}, {"f": float("nan"), "s": "\ud800", "n": 2**70}):
+        line = Example([{"role": "user", "content": "hi"}], "x", meta).to_line()  # orjson, then the fallback
+        assert json.loads(line)["meta"]["f"] is None and b"NaN" not in line and b", " not in line
 
 
 def test_minhash_matches_per_row_definition():

@@ -87,8 +87,9 @@ def clean_text(text: str, single_line: bool = False, strip_html: bool = False) -
     """Repair mojibake and HTML entities (ftfy), NFC-normalize, drop control characters, tidy whitespace."""
     if strip_html:
         text = _TAGS.sub(" ", text)
-    # Pure-ASCII text without '&' or ESC holds no mojibake, HTML entity or terminal escape: ftfy would return
-    # it unchanged, so it skips ftfy (most rows of most files). isascii() is O(1), `in` a memchr.
+    # Pure-ASCII text without '&' or ESC holds no mojibake, HTML entity or terminal escape, so it skips ftfy
+    # (most rows of most files; isascii() is O(1), `in` a memchr). What ftfy would still change there (control
+    # characters, "\r" line breaks) the tidy pass below changes the same way (tested against ftfy on all ASCII).
     if not text.isascii() or "&" in text or "\x1b" in text:
         text = _ftfy(text)
     if "  " not in text and not _UNTIDY_CHARS.search(text):

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -54,17 +55,29 @@ class Example:
         return out
 
     def to_line(self) -> bytes:
-        """The example as one UTF-8 JSONL line: orjson (~8x faster than json.dumps); json with \\u escapes for
-        what orjson refuses (lone surrogates, integers over 64 bits). JSON has no NaN: a NaN field becomes null."""
+        """The example as one compact UTF-8 JSONL line: orjson (~8x faster than json.dumps); json with \\u
+        escapes for what orjson refuses (lone surrogates, integers over 64 bits). JSON has no NaN or Infinity:
+        such a field becomes null on either path."""
         obj = self.to_json()
         try:
             return orjson.dumps(obj, option=orjson.OPT_APPEND_NEWLINE)
         except orjson.JSONEncodeError:
-            return (json.dumps(obj) + "\n").encode("ascii")
+            return (json.dumps(_finite(obj), separators=(",", ":"), allow_nan=False) + "\n").encode("ascii")
 
     @classmethod
     def from_json(cls, d: dict) -> "Example":
         return cls(d["messages"], d.get("label"), d.get("meta", {}), d.get("rejected"))
+
+
+def _finite(obj):
+    """obj with NaN and +-Infinity replaced by None (what orjson writes for them)."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: _finite(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_finite(v) for v in obj]
+    return obj
 
 
 @dataclass
