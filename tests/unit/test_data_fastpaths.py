@@ -166,6 +166,7 @@ def test_lsh_codes_match_bucket_dict_and_subset_matches_copy():
     pairs = dedup.candidate_pairs(sigs, 18, 6)
     assert {tuple(p) for p in pairs.tolist()} == reference_pairs(sigs, 18, 6)
     assert pairs.tolist() == sorted(pairs.tolist())
+    assert np.array_equal(dedup.candidate_pairs(sigs, 18, 6, merge_at=1), pairs)  # merged after every band
     sub = rng.permutation(len(sigs))[:150]
     for t in (0.7, 0.8):
         assert np.array_equal(dedup.near_pairs(sigs, t, subset=sub), dedup.near_pairs(sigs[sub], t))

@@ -103,13 +103,14 @@ def lsh_params(threshold: float, num_perm: int = NUM_PERM, min_recall: float = 0
     return best
 
 
-def candidate_pairs(sigs: np.ndarray, bands: int, rows: int, subset: np.ndarray | None = None) -> np.ndarray:
+def candidate_pairs(sigs: np.ndarray, bands: int, rows: int, subset: np.ndarray | None = None,
+                    merge_at: int = 1 << 16) -> np.ndarray:
     """[k, 2] (later, earlier) row pairs that share a band bucket, each paired with its bucket's first row
     and its predecessor in the bucket (linear in bucket size, unlike all pairs), sorted. Rows are positions in
     `subset` (indices into sigs) when given, so callers need not copy a [n, num_perm] slice.
 
     Memory: pairs are kept as one int64 code (later * n + earlier); new bands' codes are merged into the
-    distinct set (np.unique) once they outnumber it, so the peak stays a few int64 arrays of the distinct-pair
+    distinct set (np.unique) once they outnumber it (and merge_at), so the peak stays a few int64 arrays of the distinct-pair
     count, not 2 x bands x duplicates pairs of [k, 2], and the set is not re-sorted after every band."""
     n = len(sigs) if subset is None else len(subset)
     idx = np.arange(n, dtype=np.int64)
@@ -128,7 +129,7 @@ def candidate_pairs(sigs: np.ndarray, bands: int, rows: int, subset: np.ndarray 
         group_start = np.maximum.accumulate(np.where(same, 0, idx))
         later = order[same] * n
         pending += [later + order[group_start[same]], later + order[np.flatnonzero(same) - 1]]
-        if sum(map(len, pending)) > max(len(codes), 1 << 16) or band == bands - 1:
+        if sum(map(len, pending)) > max(len(codes), merge_at):
             codes = np.unique(np.concatenate([codes, *pending]))
             pending = []
     if pending:
