@@ -110,8 +110,8 @@ def candidate_pairs(sigs: np.ndarray, bands: int, rows: int, subset: np.ndarray 
     `subset` (indices into sigs) when given, so callers need not copy a [n, num_perm] slice.
 
     Memory: pairs are kept as one int64 code (later * n + earlier); new bands' codes are merged into the
-    distinct set (np.unique) once they outnumber it (and merge_at), so the peak stays a few int64 arrays of the distinct-pair
-    count, not 2 x bands x duplicates pairs of [k, 2], and the set is not re-sorted after every band."""
+    distinct set (np.unique) once they outnumber it and merge_at, so the peak stays a few int64 arrays of the
+    distinct-pair count, not 2 x bands x duplicates pairs of [k, 2], and the set is not re-sorted per band."""
     n = len(sigs) if subset is None else len(subset)
     idx = np.arange(n, dtype=np.int64)
     weights = np.random.default_rng(7).integers(1, 2**63, size=rows, dtype=np.uint64) | np.uint64(1)
