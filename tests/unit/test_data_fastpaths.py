@@ -245,7 +245,8 @@ def test_pii_hints_only_skip_texts_without_matches():
                "api_key=abcd1234", "https://t.co/xyz", "mail li.7@example.com", "DE89370400440532013000",
                "4111 1111 1111 1111", "123-45-6789", "10.0.0.1", "fe80::1", "(415) 555-0134", "+44 20 7946 0958",
                "4-1-1-1-1-1-1-1-1-1-1-1-1-1-1-1", "5555 5555 5555 4444", "415.555.0134", "GB82 WEST 1234 5698 7654 32",
-               "٤١١١ ١١١١ ١١١١ ١١١١", "2001:db8::ff00:42:8329", "4222222222222", "4 2 2 2 2 2 2 2 2 2 2 2 2", "NO93 8601 1117 947"]
+               "٤١١١ ١١١١ ١١١١ ١١١١", "2001:db8::ff00:42:8329", "4222222222222", "4 2 2 2 2 2 2 2 2 2 2 2 2", "NO93 8601 1117 947",
+               "call (４１５) ５５５-０１٣٤", "ssn ١٢٣-٤٥-٦٧٨٩"]
     texts = planted + bench_like_texts(100) + [f"{t} {planted[i % len(planted)]}" for i, t in enumerate(bench_like_texts(20)[:64])]
     assert sum(bool(unhinted_find(t)) for t in texts) > 30
     for t in texts:
