@@ -3,7 +3,7 @@
     .venv/bin/python -m pytest tests/unit/test_data_fastpaths.py -q
 
 Covered: cleaning without ftfy for tidy ASCII and our copy of ftfy's fix loop with its no-op steps skipped
-(each vs ftfy.fix_text on every text), orjson reading (vs json), PII hints, MinHash, LSH pairs kept as int64
+(each vs ftfy.fix_text on every text), ftfy's mojibake test run only near non-ASCII characters, orjson reading (vs json), PII hints, MinHash, LSH pairs kept as int64
 codes and on a row subset (vs a dict of buckets and a copied slice), the identity-group matcher, and prepare()
 writing the same files twice.
 """
@@ -13,6 +13,7 @@ from __future__ import annotations
 import csv
 import json
 import random
+import re
 import unicodedata
 import zlib
 
@@ -125,6 +126,35 @@ def test_ftfy_loop_equals_ftfy_on_unicode_soup(text):
     surrogates and text that NFC changes, in random mixes."""
     assert clean._ftfy(text) == ftfy_nfc(text)
     assert clean.clean_text.__wrapped__(text) == ungated(text)
+
+
+BADNESS_CHARS = sorted({c for c in ftfy.badness.BADNESS_RE.pattern if ord(c) > 127}) + list("aZz .,?!\n\t") + ["\u3000"]
+
+
+@settings(max_examples=1500, deadline=None)
+@given(st.lists(st.sampled_from(BADNESS_CHARS), max_size=14).map("".join))
+def test_mojibake_test_near_non_ascii_equals_ftfy_on_soup(text):
+    """ftfy's mojibake pattern tried only within reach of non-ASCII characters decides as its full search."""
+    assert clean._is_bad(text) == ftfy.badness.is_bad(text)
+    assert clean._fix_encoding(text) == ftfy.fix_encoding(text)
+
+
+def test_mojibake_test_near_non_ascii_equals_ftfy():
+    assert clean._BADNESS_REACH == (2, 7)  # ftfy 6.3: "[a-z]\s?[ÃÂ][ ]" starts 2 before; "ГўВЂВ.[A-Za-z ]" is 7 long
+    starts_early = ["a Ã ", "xa\tÂ ok", "Ã ", "said: voilÃ  and", "ГўВЂВ™s", "okay.Â x"]
+    texts = starts_early + utf8_texts() + bench_like_texts(200)
+    assert all(ftfy.badness.is_bad(t) for t in starts_early)
+    assert sum(ftfy.badness.is_bad(t) for t in texts) > 300
+    for t in texts:
+        assert clean._is_bad(t) == ftfy.badness.is_bad(t), t
+        assert clean._fix_encoding(t) == ftfy.fix_encoding(t), t
+
+
+def test_badness_reach_reads_patterns_it_covers_and_refuses_others():
+    assert clean._badness_reach(re.compile("a?é|xyé|^Ã[ ]")) == (2, 3)
+    for pattern in ("ab|é", "(?=é)é.", "é(?!x)", "(?:é|a)b", "a*é"):
+        assert clean._badness_reach(re.compile(pattern)) is None, pattern
+    assert clean._badness_reach(re.compile("é|ö", re.IGNORECASE)) is None
 
 
 def test_orjson_reader_matches_json(tmp_path):

@@ -12,8 +12,11 @@ import unicodedata
 from dataclasses import dataclass
 
 import ftfy
+from ftfy import badness as ftfy_badness
 from ftfy import chardata as ftfy_chardata
 from ftfy import fixes as ftfy_fixes
+from re import _constants as sre_constants
+from re import _parser as sre_parser
 
 from tuneloop.data.validate import Rejection
 
@@ -46,13 +49,89 @@ _DOMAINS = _fixer_domains()
 _PASS_FIXERS = tuple((getattr(ftfy_fixes, name), _char_class(codes)) for name, codes in _DOMAINS.items())
 _FIXER_CHARS = _char_class(set().union(*_DOMAINS.values()))
 _ENCODING_CONFIG = ftfy.TextFixerConfig(explain=False)  # what fix_and_explain gives fix_encoding
+_NON_ASCII_RUNS = re.compile(r"[^\x00-\x7f]+")
+
+
+def _badness_reach(pattern: re.Pattern) -> tuple[int, int] | None:
+    """(lead, width) such that every match of ftfy's mojibake pattern holds a non-ASCII character within its
+    first lead + 1 characters and is at most `width` long, read off the parsed pattern (so a changed ftfy
+    pattern is re-read, not assumed); None when it holds anything this reading does not cover."""
+    c = sre_constants
+    if pattern.flags & (re.IGNORECASE | re.MULTILINE):  # literals could match ASCII / "^" after newlines
+        return None
+    tree = sre_parser.parse(pattern.pattern, pattern.flags)
+    if len(tree) != 1 or tree[0][0] is not c.BRANCH:
+        return None
+
+    def may_be_ascii(op, av) -> bool:  # can this one-character item match an ASCII character?
+        if op is c.LITERAL:
+            return av < 128
+        if op is c.IN:
+            return any(o in (c.NEGATE, c.CATEGORY) or (o is c.LITERAL and a < 128) or (o is c.RANGE and a[0] < 128)
+                       for o, a in av)
+        return True  # ANY
+
+    lead = 0
+    for branch in tree[0][1][1]:
+        offsets, found = {0}, None  # where the next item can start, relative to the match start
+        for op, av in branch:
+            if op is c.AT and av is c.AT_BEGINNING:
+                continue
+            if op in (c.LITERAL, c.IN, c.ANY):
+                if not may_be_ascii(op, av):
+                    found = max(offsets)
+                    break
+                offsets = {o + 1 for o in offsets}
+            elif op is c.MAX_REPEAT and av[2].getwidth() == (1, 1) and len(av[2]) == 1:
+                low, high, ((sub_op, sub_av),) = av[0], av[1], list(av[2])
+                if low >= 1 and not may_be_ascii(sub_op, sub_av):
+                    found = max(offsets)
+                    break
+                offsets = {o + k for o in offsets for k in range(low, high + 1)}
+            else:
+                return None
+        if found is None:
+            return None
+        lead = max(lead, found)
+    return lead, tree.getwidth()[1]
+
+
+_BADNESS_REACH = _badness_reach(ftfy_badness.BADNESS_RE)
+
+
+def _is_bad(text: str) -> bool:
+    """ftfy.badness.is_bad(text), trying the pattern only where a match can start: within `lead` characters
+    before a non-ASCII character (the pattern has no lookaround or end anchor, so a match is decided by its
+    own at most `width` characters). Mostly-ASCII text with a few mojibake spots takes ~6 us instead of ~50
+    (ftfy scans every position with all ~35 alternatives)."""
+    if _BADNESS_REACH is None:
+        return ftfy_badness.is_bad(text)
+    lead, width = _BADNESS_REACH
+    search = ftfy_badness.BADNESS_RE.search
+    for run in _NON_ASCII_RUNS.finditer(text):
+        if search(text, max(0, run.start() - lead), run.end() - 1 + width):
+            return True
+    return False
+
+
+def _fix_encoding(text: str) -> str:
+    """ftfy.fix_encoding(text): its loop of one-step repairs until one changes nothing, where each step first
+    returns ASCII text and text its mojibake test passes unchanged; that test runs here as _is_bad first, so
+    only text it flags reaches ftfy's step (which repeats the test, then tries the encodings)."""
+    while not text.isascii() and _is_bad(text):
+        fixed = ftfy._fix_encoding_one_step_and_explain(text, _ENCODING_CONFIG).text
+        if fixed == text:
+            return text
+        text = fixed
+    return text
 
 
 def _fix_segment(text: str) -> str:
     """ftfy.fix_and_explain(text, unescape_html=True).text for one line, with three skips that change nothing:
     - HTML unescaping only when the text holds "&" (ftfy's entity regex starts with it);
     - fix_encoding not on ASCII text (its first test returns it as is) nor on its own previous output (it
-      stops only where one more step changes nothing, so that output is its fixed point);
+      stops only where one more step changes nothing, so that output is its fixed point), and its mojibake
+      test only near non-ASCII characters (_fix_encoding);
     - each of the eight per-pass fixers only when the text holds a character it acts on (_DOMAINS).
     On the bench's mojibake tweets ftfy spends most of its ~0.5 ms per text repeating these; on correctly
     encoded non-ASCII text what is left is ftfy's mojibake test and NFC. Tests: equal to ftfy.fix_text on
@@ -63,7 +142,7 @@ def _fix_segment(text: str) -> str:
         if "&" in text:
             text = ftfy_fixes.unescape_html(text)
         if text != fixed_point and not text.isascii():
-            text = fixed_point = ftfy.fix_encoding(text, _ENCODING_CONFIG)
+            text = fixed_point = _fix_encoding(text)
         if _FIXER_CHARS.search(text):  # one search for the common case of none, then each fixer's own
             for fix, domain in _PASS_FIXERS:
                 if domain.search(text):
@@ -97,7 +176,10 @@ def clean_text(text: str, single_line: bool = False, strip_html: bool = False) -
     text = _CONTROL.sub("", text.replace("\r\n", "\n").replace("\r", "\n"))
     if single_line:
         return " ".join(text.split())
-    text = "\n".join(_SPACES.sub(" ", line).strip() for line in text.split("\n"))
+    if text.isascii():  # its only whitespace within a line is now " " and "\t": split() does what _SPACES + strip do
+        text = "\n".join(" ".join(line.split()) for line in text.split("\n"))
+    else:
+        text = "\n".join(_SPACES.sub(" ", line).strip() for line in text.split("\n"))
     return _NEWLINES.sub("\n\n", text).strip()
 
 
