@@ -124,7 +124,7 @@ def _with_system(m: Mapping, turns: list) -> list:
 def _chat(f: dict, m: Mapping) -> Example:
     msgs = m.get(f, "messages", required=False)
     warnings = check_chat(msgs)
-    msgs = [{k: v for k, v in msg.items() if k in ("role", "content", "weight", "name", "function_call")} for msg in msgs]
+    msgs = [dict(msg) for msg in msgs]  # check_chat allowed no other keys; a copy keeps the row for the quarantine
     label = msgs[-1]["content"].strip() if m.label_from_answer else None
     return Example(msgs, label, {"warnings": warnings} if warnings else {})
 

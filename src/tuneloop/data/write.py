@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import random
 from collections import Counter
 from pathlib import Path
@@ -58,7 +59,8 @@ def _group_plan(c, ids: list, audit: dict, names: list, mode: str, seed: int) ->
     return {}, extra, {"mode": "resample", "weights": cells, "added": len(extra)}
 
 
-def _write_split(path: Path, spool, c, ids: list, weights: dict, extra_ids: list, cf, data_hash) -> dict:
+def _write_split(path: Path, spool, spool_end: int, c, ids: list, weights: dict, extra_ids: list, cf,
+                 data_hash) -> dict:
     """Stream one split from the spool to its file (one example in memory at a time); returns its counts."""
     labels, added = Counter(), 0
     cf_rows = []
@@ -69,10 +71,11 @@ def _write_split(path: Path, spool, c, ids: list, weights: dict, extra_ids: list
             data_hash.update(line)
             labels[ex.label] += 1
 
+        offsets, last, fd = c.offsets, len(c.offsets) - 1, spool.fileno()
         for i in ids:
             if not cf and i not in weights:  # the spooled line is already this row's output line
-                spool.seek(c.offsets[i])
-                line = spool.readline()
+                # one pread of exactly the line: seek + readline refilled an 8 KB buffer per row (2x the time)
+                line = os.pread(fd, (offsets[i + 1] if i < last else spool_end) - offsets[i], offsets[i])
                 f.write(line)
                 data_hash.update(line)
                 labels[c.labels[i]] += 1
@@ -120,7 +123,7 @@ def write_outputs(st, cfg: DataConfig, parts: dict, info: dict, tokenizer) -> tu
         for name in SPLITS:
             paths[name] = out_dir / f"{name}.jsonl"
             train = name == "train"
-            info_ = _write_split(paths[name], spool, c, parts[name], weights if train else {},
+            info_ = _write_split(paths[name], spool, st.spool_end, c, parts[name], weights if train else {},
                                  extra if train else [], cf if train else None, data_hash)
             if train and cfg.counterfactual:
                 mitigations["counterfactual_added"] = info_["counterfactual"]
