@@ -141,6 +141,8 @@ def test_mojibake_test_near_non_ascii_equals_ftfy_on_soup(text):
 
 def test_mojibake_test_near_non_ascii_equals_ftfy():
     assert clean._BADNESS_REACH == (2, 7)  # ftfy 6.3: "[a-z]\s?[ÃÂ][ ]" starts 2 before; "ГўВЂВ.[A-Za-z ]" is 7 long
+    assert clean._FIX_ENCODING_STEP.__globals__["is_bad"] is clean._is_bad  # ftfy's step runs with it
+    assert ftfy.is_bad is ftfy.badness.is_bad  # and ftfy itself is untouched
     starts_early = ["a Ã ", "xa\tÂ ok", "Ã ", "said: voilÃ  and", "ГўВЂВ™s", "okay.Â x"]
     texts = starts_early + utf8_texts() + bench_like_texts(200)
     assert all(ftfy.badness.is_bad(t) for t in starts_early)
@@ -152,7 +154,8 @@ def test_mojibake_test_near_non_ascii_equals_ftfy():
 
 def test_badness_reach_reads_patterns_it_covers_and_refuses_others():
     assert clean._badness_reach(re.compile("a?é|xyé|^Ã[ ]")) == (2, 3)
-    for pattern in ("ab|é", "(?=é)é.", "é(?!x)", "(?:é|a)b", "a*é"):
+    assert clean._badness_reach(re.compile("x{1,2}é|ab?[é]|[é-ü]")) == (2, 3)
+    for pattern in ("ab|é", "é|(?=é)é.", "é|é(?!x)", "é|(?:é|a)b", "é|a*é", "é|a+é", "é"):
         assert clean._badness_reach(re.compile(pattern)) is None, pattern
     assert clean._badness_reach(re.compile("é|ö", re.IGNORECASE)) is None
 

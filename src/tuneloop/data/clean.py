@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import re
+import types
 import unicodedata
 from dataclasses import dataclass
 
@@ -15,8 +16,13 @@ import ftfy
 from ftfy import badness as ftfy_badness
 from ftfy import chardata as ftfy_chardata
 from ftfy import fixes as ftfy_fixes
-from re import _constants as sre_constants
-from re import _parser as sre_parser
+
+try:  # the regex parser behind re (read once, to bound where ftfy's mojibake pattern can match)
+    from re import _constants as sre_constants
+    from re import _parser as sre_parser
+except ImportError:  # Python 3.10
+    import sre_constants
+    import sre_parse as sre_parser
 
 from tuneloop.data.validate import Rejection
 
@@ -82,7 +88,7 @@ def _badness_reach(pattern: re.Pattern) -> tuple[int, int] | None:
                     found = max(offsets)
                     break
                 offsets = {o + 1 for o in offsets}
-            elif op is c.MAX_REPEAT and av[2].getwidth() == (1, 1) and len(av[2]) == 1:
+            elif op is c.MAX_REPEAT and av[1] != c.MAXREPEAT and av[2].getwidth() == (1, 1) and len(av[2]) == 1:
                 low, high, ((sub_op, sub_av),) = av[0], av[1], list(av[2])
                 if low >= 1 and not may_be_ascii(sub_op, sub_av):
                     found = max(offsets)
@@ -114,16 +120,28 @@ def _is_bad(text: str) -> bool:
     return False
 
 
+def _with_fast_badness(step):
+    """ftfy's one-step encoding repair with _is_bad as its mojibake test: a copy of the function object whose
+    global `is_bad` is rebound (ftfy's module is left as it is, and its code is run, not copied)."""
+    if "is_bad" not in step.__code__.co_names or _BADNESS_REACH is None:
+        return step
+    fast = types.FunctionType(step.__code__, {**vars(ftfy), "is_bad": _is_bad}, step.__name__, step.__defaults__,
+                              step.__closure__)
+    fast.__kwdefaults__ = step.__kwdefaults__
+    return fast
+
+
+_FIX_ENCODING_STEP = _with_fast_badness(ftfy._fix_encoding_one_step_and_explain)
+
+
 def _fix_encoding(text: str) -> str:
-    """ftfy.fix_encoding(text): its loop of one-step repairs until one changes nothing, where each step first
-    returns ASCII text and text its mojibake test passes unchanged; that test runs here as _is_bad first, so
-    only text it flags reaches ftfy's step (which repeats the test, then tries the encodings)."""
-    while not text.isascii() and _is_bad(text):
-        fixed = ftfy._fix_encoding_one_step_and_explain(text, _ENCODING_CONFIG).text
+    """ftfy.fix_encoding(text): its loop of one-step repairs until one changes nothing, each step testing for
+    mojibake first (ASCII text and text without it come back unchanged), that test done by _is_bad."""
+    while True:
+        fixed = _FIX_ENCODING_STEP(text, _ENCODING_CONFIG).text
         if fixed == text:
             return text
         text = fixed
-    return text
 
 
 def _fix_segment(text: str) -> str:

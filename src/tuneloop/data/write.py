@@ -75,7 +75,10 @@ def _write_split(path: Path, spool, spool_end: int, c, ids: list, weights: dict,
         for i in ids:
             if not cf and i not in weights:  # the spooled line is already this row's output line
                 # one pread of exactly the line: seek + readline refilled an 8 KB buffer per row (2x the time)
-                line = os.pread(fd, (offsets[i + 1] if i < last else spool_end) - offsets[i], offsets[i])
+                size = (offsets[i + 1] if i < last else spool_end) - offsets[i]
+                line = os.pread(fd, size, offsets[i])
+                if len(line) != size:  # regular files do not read short; if one did, fail rather than corrupt
+                    raise OSError(f"{spool.name}: read {len(line)} of {size} bytes at {offsets[i]}")
                 f.write(line)
                 data_hash.update(line)
                 labels[c.labels[i]] += 1
