@@ -12,7 +12,7 @@ per row only numbers (line, token counts, group mask and spool offset in int64 a
 a 128 x uint32 MinHash signature: ~0.55 KB/row) plus the exact-duplicate table (~0.1 KB/row); pass 2 decides
 near-duplicates, splits and contamination on those arrays (LSH pairs as int64 codes, no signature copies) and
 copies spooled lines into the split files. Measured: 1M rows with PII, near-dup and contamination peak at
-1.16 GB RSS (bench/data_prep.py --memory-rows 1000000).
+1.17 GB RSS (bench/data_prep.py --memory-rows 1000000).
 """
 
 from __future__ import annotations
