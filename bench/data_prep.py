@@ -264,9 +264,11 @@ def main() -> None:
         "peak_rss_mb": round(max(r["peak_rss_mb"] for k in runs for r in runs[k])),
         "machine": {"cpu": cpu, "cores": os.cpu_count()},
         "detail": {"fast": fast, "neardup": full, "neardup_job": base,
-                   "rows_per_s_per_core_each_run": {k: [round(len(rows) / r["cpu_s"]) for r in v] for k, v in runs.items()}, "planted": {k: len(v) for k, v in truth.items()},
-                   "threshold": THRESHOLD, "note": "per core = rows / process CPU seconds, median of the runs; tokenizer=None "
-                                                   "(token counting is measured by the demo, not here)"},
+                   "rows_per_s_per_core_each_run": {k: [round(len(rows) / r["cpu_s"]) for r in v]
+                                                    for k, v in runs.items()},
+                   "planted": {k: len(v) for k, v in truth.items()}, "threshold": THRESHOLD,
+                   "note": "per core = rows / process CPU seconds, median of the runs; tokenizer=None "
+                           "(token counting is measured by the demo, not here)"},
     }
     if out.is_file():  # keep the memory run's keys (bench/data_prep.py --memory-rows 1000000)
         old = json.loads(out.read_text())

@@ -3,9 +3,10 @@
     .venv/bin/python -m pytest tests/unit/test_data_fastpaths.py -q
 
 Covered: cleaning without ftfy for tidy ASCII and our copy of ftfy's fix loop with its no-op steps skipped
-(each vs ftfy.fix_text on every text), ftfy's mojibake test run only near non-ASCII characters, orjson reading (vs json), PII hints, MinHash, LSH pairs kept as int64
-codes and on a row subset (vs a dict of buckets and a copied slice), the identity-group matcher, and prepare()
-writing the same files twice.
+(each vs ftfy.fix_text on every text), ftfy's mojibake test run only near non-ASCII characters (vs is_bad and
+fix_encoding), orjson reading (vs json), PII hints, MinHash, LSH pairs kept as int64 codes and on a row subset
+(vs a dict of buckets and a copied slice), the identity-group matcher, and prepare() writing the same files
+twice.
 """
 
 from __future__ import annotations
@@ -128,7 +129,8 @@ def test_ftfy_loop_equals_ftfy_on_unicode_soup(text):
     assert clean.clean_text.__wrapped__(text) == ungated(text)
 
 
-BADNESS_CHARS = sorted({c for c in ftfy.badness.BADNESS_RE.pattern if ord(c) > 127}) + list("aZz .,?!\n\t") + ["\u3000"]
+# every non-ASCII character ftfy's mojibake pattern names, and ASCII its alternatives start or end with
+BADNESS_CHARS = sorted({c for c in ftfy.badness.BADNESS_RE.pattern if ord(c) > 127}) + [*"aZz .,?!\n\t", "\u3000"]
 
 
 @settings(max_examples=1500, deadline=None)
