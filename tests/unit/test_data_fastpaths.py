@@ -154,9 +154,16 @@ def test_mojibake_test_near_non_ascii_equals_ftfy():
         assert clean._fix_encoding(t) == ftfy.fix_encoding(t), t
 
 
+def test_fix_encoding_without_ftfys_step_function_uses_its_public_loop(monkeypatch):
+    monkeypatch.setattr(clean, "_FIX_ENCODING_STEP", None)  # an ftfy without _fix_encoding_one_step_and_explain
+    for t in ["Iâ€™m here", "a Ã ", "naïve café", "plain"] + bench_like_texts(50):
+        assert clean._fix_encoding(t) == ftfy.fix_encoding(t), t
+
+
 def test_badness_reach_reads_patterns_it_covers_and_refuses_others():
     assert clean._badness_reach(re.compile("a?é|xyé|^Ã[ ]")) == (2, 3)
     assert clean._badness_reach(re.compile("x{1,2}é|ab?[é]|[é-ü]")) == (2, 3)
+    assert clean._badness_reach(re.compile("x{1,2}é|ab?[é]|[é-ü]|[^ab]é|[\\wé]xé")) == (2, 3)  # negated class, \w: maybe ASCII
     for pattern in ("ab|é", "é|(?=é)é.", "é|é(?!x)", "é|(?:é|a)b", "é|a*é", "é|a+é", "é"):
         assert clean._badness_reach(re.compile(pattern)) is None, pattern
     assert clean._badness_reach(re.compile("é|ö", re.IGNORECASE)) is None

@@ -72,9 +72,8 @@ def _badness_reach(pattern: re.Pattern) -> tuple[int, int] | None:
     def may_be_ascii(op, av) -> bool:  # can this one-character item match an ASCII character?
         if op is c.LITERAL:
             return av < 128
-        if op is c.IN:
-            return any(o in (c.NEGATE, c.CATEGORY) or (o is c.LITERAL and a < 128) or (o is c.RANGE and a[0] < 128)
-                       for o, a in av)
+        if op is c.IN:  # a class member other than a plain literal or range (negation, category, ...): maybe
+            return any(not (o is c.LITERAL and a >= 128 or o is c.RANGE and a[0] >= 128) for o, a in av)
         return True  # ANY
 
     lead = 0
@@ -122,21 +121,24 @@ def _is_bad(text: str) -> bool:
 
 def _with_fast_badness(step):
     """ftfy's one-step encoding repair with _is_bad as its mojibake test: a copy of the function object whose
-    global `is_bad` is rebound (ftfy's module is left as it is, and its code is run, not copied)."""
-    if "is_bad" not in step.__code__.co_names or _BADNESS_REACH is None:
-        return step
+    global `is_bad` is rebound (ftfy's module is left as it is, and its code is run, not copied). None when
+    this ftfy has no such step or the pattern could not be read; _fix_encoding then uses the public loop."""
+    if step is None or "is_bad" not in step.__code__.co_names or _BADNESS_REACH is None:
+        return None
     fast = types.FunctionType(step.__code__, {**vars(ftfy), "is_bad": _is_bad}, step.__name__, step.__defaults__,
                               step.__closure__)
     fast.__kwdefaults__ = step.__kwdefaults__
     return fast
 
 
-_FIX_ENCODING_STEP = _with_fast_badness(ftfy._fix_encoding_one_step_and_explain)
+_FIX_ENCODING_STEP = _with_fast_badness(getattr(ftfy, "_fix_encoding_one_step_and_explain", None))
 
 
 def _fix_encoding(text: str) -> str:
     """ftfy.fix_encoding(text): its loop of one-step repairs until one changes nothing, each step testing for
     mojibake first (ASCII text and text without it come back unchanged), that test done by _is_bad."""
+    if _FIX_ENCODING_STEP is None:  # the first step's own test would return text _is_bad passes unchanged
+        return ftfy.fix_encoding(text, _ENCODING_CONFIG) if _is_bad(text) else text
     while True:
         fixed = _FIX_ENCODING_STEP(text, _ENCODING_CONFIG).text
         if fixed == text:

@@ -95,13 +95,14 @@ class Candidates:
     """Pass-1 survivors: per-row numbers in compact int64 arrays (8 B/row each, not a 36 B Python int per
     entry); the examples themselves live in the spool file as their final JSON lines."""
 
-    offsets: array = field(default_factory=_int64s)
+    offsets: array = field(default_factory=_int64s)  # row i: spool[offsets[i]: offsets[i + 1] or spool_end]
     lines: array = field(default_factory=_int64s)
     labels: list = field(default_factory=list)  # str (one shared object per distinct label) or None
     tokens: array = field(default_factory=_int64s)
     answer_tokens: array = field(default_factory=_int64s)
     masks: array = field(default_factory=_int64s)  # identity-group bit masks (< 64 groups)
     sigs: list = field(default_factory=list)  # [batch, num_perm] uint32 arrays, stacked once in pass 2
+    spool_end: int = 0  # bytes spooled (tell() per row costs more than this sum)
 
 
 class Stage:
@@ -122,7 +123,6 @@ class Stage:
         self.quarantine = open(out_dir / "rejected.jsonl", "w", encoding="utf-8")
         self.dropped = open(out_dir / "dropped.jsonl", "w", encoding="utf-8")
         self.spool = open(out_dir / ".candidates.jsonl", "w+b")
-        self.spool_end = 0  # bytes written (tell() per row costs more than this sum)
 
     def close(self) -> None:
         for f in (self.quarantine, self.dropped, self.spool):
@@ -198,9 +198,9 @@ def _flush(st: Stage) -> None:
         c.sigs.append(dedup.minhash([t for _, t, _, _ in keep]))
     for ex, text, n, a in keep:
         line = ex.to_line()
-        c.offsets.append(st.spool_end)
+        c.offsets.append(c.spool_end)
         st.spool.write(line)
-        st.spool_end += len(line)
+        c.spool_end += len(line)
         c.lines.append(ex.meta["line"])
         c.labels.append(st.label_ids.setdefault(ex.label, ex.label))
         c.tokens.append(n)
