@@ -79,7 +79,10 @@ class Matchers(NamedTuple):
     phrases: tuple  # two-word terms, matched by substring
     ascii_insensitive: dict  # the two tables keyed by ASCII bytes: a non-ASCII term never equals an ASCII word
     ascii_sensitive: dict
-    keys: tuple  # frozensets of the four tables' keys, in the order above
+    insensitive_keys: frozenset  # the four tables' keys
+    sensitive_keys: frozenset
+    ascii_insensitive_keys: frozenset
+    ascii_sensitive_keys: frozenset
 
 
 def matchers(terms: dict) -> Matchers:
@@ -92,7 +95,7 @@ def matchers(terms: dict) -> Matchers:
             table[key] = table.get(key, 0) | (1 << i)
     ascii_in, ascii_se = ({k.encode("ascii"): v for k, v in t.items() if k.isascii()} for t in (insensitive, sensitive))
     return Matchers(names, insensitive, sensitive, tuple(k for k in insensitive if " " in k), ascii_in, ascii_se,
-                    tuple(frozenset(t) for t in (insensitive, sensitive, ascii_in, ascii_se)))
+                    *(frozenset(t) for t in (insensitive, sensitive, ascii_in, ascii_se)))
 
 
 _WORDS = re.compile(r"[A-Za-z]+")
@@ -109,14 +112,14 @@ def group_mask(text: str, m: Matchers) -> int:
     mask = 0
     if text.isascii():
         raw = text.encode("ascii")
-        for w in m.keys[2].intersection(raw.translate(_LETTERS_LOWER).split()):
+        for w in m.ascii_insensitive_keys.intersection(raw.translate(_LETTERS_LOWER).split()):
             mask |= m.ascii_insensitive[w]
-        for w in m.keys[3].intersection(raw.translate(_LETTERS).split()):
+        for w in m.ascii_sensitive_keys.intersection(raw.translate(_LETTERS).split()):
             mask |= m.ascii_sensitive[w]
     else:  # other scripts can lowercase into ASCII letters ("K" Kelvin sign), so the lowered text is rescanned
-        for w in m.keys[0].intersection(_WORDS.findall(lower)):
+        for w in m.insensitive_keys.intersection(_WORDS.findall(lower)):
             mask |= m.insensitive[w]
-        for w in m.keys[1].intersection(_WORDS.findall(text)):
+        for w in m.sensitive_keys.intersection(_WORDS.findall(text)):
             mask |= m.sensitive[w]
     if " " in lower:
         padded = f" {lower} "
