@@ -24,7 +24,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tuneloop.config import DataConfig
-from tuneloop.data import audit, clean, dedup, pii
+from tuneloop.data import audit, clean, dedup, mojibake, pii
 from tuneloop.data.formats import Example, airline_csv
 from tuneloop.data.prepare import prepare
 from tuneloop.data.readers import read_rows
@@ -101,14 +101,14 @@ def ftfy_nfc(text: str) -> str:
 
 def test_ftfy_loop_equals_ftfy_on_correct_utf8_and_mojibake():
     for t in utf8_texts() + bench_like_texts(200):
-        assert clean._ftfy(t) == ftfy_nfc(t), t
+        assert mojibake.fix_text(t) == ftfy_nfc(t), t
         assert clean.clean_text.__wrapped__(t) == ungated(t), t
         assert clean.clean_text.__wrapped__(t, True) == ungated(t, True), t
 
 
 def test_ftfy_fixers_leave_text_outside_their_domain_alone():
     """The skip of a per-pass fixer is exact: given every BMP character it does not act on, it returns them."""
-    for fix, domain in clean._PASS_FIXERS:
+    for fix, domain in mojibake.PASS_FIXERS:
         others = "".join(chr(c) for c in range(0x10000) if not domain.match(chr(c)))
         assert fix(others) == others, fix.__name__
         inside = [chr(c) for c in range(0x10000) if domain.match(chr(c))]
@@ -125,7 +125,7 @@ UNICODE_PIECES = ["é", "e\u0301", "A\u0303", "\u00a9", "Ã", "Ã ", "Â", "©",
 def test_ftfy_loop_equals_ftfy_on_unicode_soup(text):
     """Mojibake pieces, line starts ftfy's badness regex anchors on, characters its fixers touch, entities,
     surrogates and text that NFC changes, in random mixes."""
-    assert clean._ftfy(text) == ftfy_nfc(text)
+    assert mojibake.fix_text(text) == ftfy_nfc(text)
     assert clean.clean_text.__wrapped__(text) == ungated(text)
 
 
@@ -137,36 +137,138 @@ BADNESS_CHARS = sorted({c for c in ftfy.badness.BADNESS_RE.pattern if ord(c) > 1
 @given(st.lists(st.sampled_from(BADNESS_CHARS), max_size=14).map("".join))
 def test_mojibake_test_near_non_ascii_equals_ftfy_on_soup(text):
     """ftfy's mojibake pattern tried only within reach of non-ASCII characters decides as its full search."""
-    assert clean._is_bad(text) == ftfy.badness.is_bad(text)
-    assert clean._fix_encoding(text) == ftfy.fix_encoding(text)
+    assert mojibake.is_bad(text) == ftfy.badness.is_bad(text)
+    assert mojibake.fix_encoding(text) == ftfy.fix_encoding(text)
 
 
 def test_mojibake_test_near_non_ascii_equals_ftfy():
-    assert clean._BADNESS_REACH == (2, 7)  # ftfy 6.3: "[a-z]\s?[ÃÂ][ ]" starts 2 before; "ГўВЂВ.[A-Za-z ]" is 7 long
-    assert clean._FIX_ENCODING_STEP.__globals__["is_bad"] is clean._is_bad  # ftfy's step runs with it
+    assert mojibake._BADNESS_REACH == (2, 7)  # ftfy 6.3: "[a-z]\s?[ÃÂ][ ]" starts 2 before; "ГўВЂВ.[A-Za-z ]" is 7 long
+    assert mojibake._FIX_ENCODING_STEP.__globals__["is_bad"] is mojibake.is_bad  # ftfy's step runs with it
     assert ftfy.is_bad is ftfy.badness.is_bad  # and ftfy itself is untouched
     starts_early = ["a Ã ", "xa\tÂ ok", "Ã ", "said: voilÃ  and", "ГўВЂВ™s", "okay.Â x"]
     texts = starts_early + utf8_texts() + bench_like_texts(200)
     assert all(ftfy.badness.is_bad(t) for t in starts_early)
     assert sum(ftfy.badness.is_bad(t) for t in texts) > 300
     for t in texts:
-        assert clean._is_bad(t) == ftfy.badness.is_bad(t), t
-        assert clean._fix_encoding(t) == ftfy.fix_encoding(t), t
+        assert mojibake.is_bad(t) == ftfy.badness.is_bad(t), t
+        assert mojibake.fix_encoding(t) == ftfy.fix_encoding(t), t
 
 
 def test_fix_encoding_without_ftfys_step_function_uses_its_public_loop(monkeypatch):
-    monkeypatch.setattr(clean, "_FIX_ENCODING_STEP", None)  # an ftfy without _fix_encoding_one_step_and_explain
+    monkeypatch.setattr(mojibake, "_FIX_ENCODING_STEP", None)  # an ftfy without _fix_encoding_one_step_and_explain
     for t in ["Iâ€™m here", "a Ã ", "naïve café", "plain"] + bench_like_texts(50):
-        assert clean._fix_encoding(t) == ftfy.fix_encoding(t), t
+        assert mojibake.fix_encoding(t) == ftfy.fix_encoding(t), t
 
 
 def test_badness_reach_reads_patterns_it_covers_and_refuses_others():
-    assert clean._badness_reach(re.compile("a?é|xyé|^Ã[ ]")) == (2, 3)
-    assert clean._badness_reach(re.compile("x{1,2}é|ab?[é]|[é-ü]")) == (2, 3)
-    assert clean._badness_reach(re.compile("x{1,2}é|ab?[é]|[é-ü]|[^ab]é|[\\wé]xé")) == (2, 3)  # negated class, \w: maybe ASCII
+    assert mojibake.badness_reach(re.compile("a?é|xyé|^Ã[ ]")) == (2, 3)
+    assert mojibake.badness_reach(re.compile("x{1,2}é|ab?[é]|[é-ü]")) == (2, 3)
+    assert mojibake.badness_reach(re.compile("x{1,2}é|ab?[é]|[é-ü]|[^ab]é|[\\wé]xé")) == (2, 3)  # negated class, \w: maybe ASCII
     for pattern in ("ab|é", "é|(?=é)é.", "é|é(?!x)", "é|(?:é|a)b", "é|a*é", "é|a+é", "é"):
-        assert clean._badness_reach(re.compile(pattern)) is None, pattern
-    assert clean._badness_reach(re.compile("é|ö", re.IGNORECASE)) is None
+        assert mojibake.badness_reach(re.compile(pattern)) is None, pattern
+    assert mojibake.badness_reach(re.compile("é|ö", re.IGNORECASE)) is None
+
+
+def step_decodes(text: str, encoding: str) -> bool:
+    """What ftfy 6.3's one-step repair does with a single-byte encoding it tries: encode, restore A0 bytes,
+    replace lossy sequences, decode as UTF-8 (its variants codec where ED or C0 occurs); True if that works."""
+    b = text.encode(encoding)
+    if encoding != "macroman" and ftfy.chardata.ALTERED_UTF8_RE.search(b):
+        b = ftfy.fixes.restore_byte_a0(b)
+    if encoding.startswith("sloppy"):
+        b = ftfy.fixes.replace_lossy_sequences(b)
+    try:
+        b.decode("utf-8-variants" if 0xED in b or 0xC0 in b else "utf-8")
+        return True
+    except UnicodeDecodeError:
+        return False
+
+
+def test_encodings_not_offered_to_ftfys_step_are_those_whose_decode_fails():
+    """Every non-ASCII character of every encoding, next to every ASCII character on either side and at the
+    text's ends: an encoding is withheld only where ftfy's step would encode, transcode and fail to decode,
+    and the encodings the step names later (latin-1) are answered as ftfy's possible_encoding answers."""
+    charmaps = mojibake._CHARMAPS
+    assert set(charmaps) == set(ftfy.chardata.CHARMAP_ENCODINGS) and "latin-1" in mojibake._NAMED
+    chars = sorted(set().union(*(m.chars for m in charmaps.values())))
+    ascii_ = [chr(i) for i in range(128)]
+    withheld = 0
+    for c in chars:
+        for text in [f"{a}{c}x" for a in ascii_] + [f"x{c}{a}" for a in ascii_] + [c, f"{c}x", f"x{c}", f"x{c}\n"]:
+            worth = mojibake._worth_trying(text)
+            for encoding in charmaps:
+                possible = ftfy.chardata.possible_encoding(text, encoding)
+                if encoding in mojibake._NAMED:
+                    assert worth[encoding] == possible, (encoding, text)
+                elif possible and not worth[encoding]:
+                    withheld += 1
+                    assert not step_decodes(text, encoding), (encoding, text)
+                else:
+                    assert worth[encoding] == possible, (encoding, text)
+    assert withheld > 50_000  # the shortcut is not vacuous
+
+
+def test_encoding_character_sets_equal_ftfys_patterns():
+    """_worth_trying's set test is ftfy's possible_encoding pattern (one class, repeated) for every BMP character."""
+    for encoding, m in mojibake._CHARMAPS.items():
+        for i in range(0x10000):
+            c = chr(i)
+            ours = m.sub if c == "\x1a" else c.isascii() or c in m.chars
+            assert ours == ftfy.chardata.possible_encoding(c, encoding), (encoding, hex(i))
+
+
+# characters encoding to continuation, lead (ED, C0 too) and invalid bytes in ftfy's encodings, what its
+# transcoders read (" ", "?", "\x1a", U+FFFD) and mojibake that does decode
+TRIAL_PIECES = [*"Ã©â€™\x9d\x81íÀðŸøÁ\ufffd ?\x1a\nx_éÐÑÂü Р С Î√╬ÏÅ¿½", "ï¿½", "Ã ", "â€", "Ã\xa0", "í_\x8c\x9d",
+                "äó»_", "\xed\xa0\x80", "À\n", "Ã?", "\x1aÃ", "ÃƒÂ©", "Ð\x9f", "Ã¡", "x\ufffdÂ"]
+
+
+@settings(max_examples=1500, deadline=None)
+@given(st.lists(st.sampled_from(TRIAL_PIECES), max_size=10).map("".join))
+def test_fix_encoding_equals_ftfy_on_encoding_trial_soup(text):
+    assert mojibake.fix_encoding(text) == ftfy.fix_encoding(text)
+    assert mojibake.fix_text(text) == ftfy_nfc(text)
+
+
+def test_utf8_clue_search_in_stretches_equals_ftfys_search():
+    clues = ftfy.chardata.UTF8_DETECTOR_RE
+    local = mojibake._FIX_ENCODING_STEP.__globals__["chardata"].UTF8_DETECTOR_RE
+    assert isinstance(local, mojibake._RunLocal) and local.sub == clues.sub  # other methods: the pattern's own
+    rng = random.Random(3)
+    texts = utf8_texts() + bench_like_texts(200) + ["".join(rng.choices(TRIAL_PIECES, k=8)) for _ in range(3000)]
+    assert sum(bool(clues.search(t)) for t in texts) > 500
+    for t in texts:
+        assert bool(local.search(t)) == bool(clues.search(t)), t
+    for pattern in ("a[é]", "é(?=x)", "é?x", "[^a]é", "é$"):  # could start on ASCII, or look past the match end
+        assert mojibake._RunLocal.of(re.compile(pattern)) is not None
+        assert not isinstance(mojibake._RunLocal.of(re.compile(pattern)), mojibake._RunLocal), pattern
+    assert isinstance(mojibake._RunLocal.of(re.compile("(?<!x)(?:[é] |[ü]{2})+")), mojibake._RunLocal)
+
+
+def test_pattern_reading_for_the_transcoders():
+    read = mojibake.consumed(re.compile(b"[\xc2-\xdf][\x1a]|\x1a|\xc3 (?! |s )"))
+    assert (read.first, read.last, read.any, read.ahead) == (
+        frozenset({*range(0xC2, 0xE0), 0x1A}), frozenset({0x1A, 0x20}), frozenset({*range(0xC2, 0xE0), 0x1A, 0x20}),
+        True)
+    for pattern in (b"^\xc3", b"\xc3\\w", b"[^a]", b"\xc3?x", b"(\xc3)\\1"):
+        assert mojibake.consumed(re.compile(pattern)) is None, pattern
+    keep = mojibake._transcoders_keep_apart
+    assert keep([re.compile(b"[\xc2-\xdf][ ?]"), re.compile(b"\xe2[\x80-\xbf]\x1a")], " ?\x1a")
+    assert not keep([re.compile(b"[\xc2-\xdf]x")], " ?\x1a")  # consumes an ASCII byte left next to runs
+    assert not keep([re.compile(b"[\x80-\xbf]\x1a")], " ?\x1a")  # could swallow a stray continuation byte
+    assert not keep([re.compile(b"\x1a[\xc2-\xdf]")], " ?\x1a")  # could complete a dangling lead byte
+    assert not keep([re.compile(b"\xc1 ")], " ?\x1a")  # could remove a byte UTF-8 never holds
+
+
+def test_embedded_utf8_pieces_are_fixed_once_and_ftfy_is_untouched():
+    step_fixes = mojibake._FIX_ENCODING_STEP.__globals__["fixes"]
+    assert step_fixes.decode_inconsistent_utf8 is not ftfy.fixes.decode_inconsistent_utf8
+    assert ftfy.fixes.decode_inconsistent_utf8.__globals__["ftfy"] is ftfy
+    assert ftfy._fix_encoding_one_step_and_explain.__globals__["chardata"] is ftfy.chardata
+    mojibake._fix_piece.cache_clear()
+    text = "I'm hearing a bunch of BS from Belichick on ESPN _ôÖ\x89_ôÖ\x89_ôÖ\x89 #DeflateGate"  # airline set
+    assert mojibake.fix_encoding(text) == ftfy.fix_encoding(text)
+    assert mojibake._fix_piece.cache_info().hits > 0
 
 
 def test_orjson_reader_matches_json(tmp_path):

@@ -1,0 +1,377 @@
+"""ftfy's text repair with the same output and less work: fix_text(t) == NFC(ftfy.fix_text(t, unescape_html=True)).
+
+    from tuneloop.data.mojibake import fix_text
+    fix_text("Iâ€™m stuck")  ->  "I'm stuck"
+
+ftfy spends ~0.5 ms on a mojibake tweet, most of it on tests whose answer is known or cheaper to get. What
+runs here is ftfy's own code (its functions are called, or copied as function objects with some global names
+rebound; ftfy's modules are left as they are), minus work that cannot change the text:
+- fix_and_explain's loop without the steps that provably change nothing (fix_segment);
+- the one-step encoding repair (`_fix_encoding_one_step_and_explain`) given faster equals of its tests: the
+  mojibake test searched only near non-ASCII characters (is_bad), the UTF-8 clue search only in stretches
+  of the characters its pattern consumes (_RunLocal), single-byte encodings the step would try but whose
+  UTF-8 decode must fail not offered to it (_worth_trying), and its repair of UTF-8 pieces embedded in other
+  text remembering the pieces it fixed (tweets repeat them: "äó»_").
+Every shortcut is read off ftfy's own patterns and tables at import, falls back to ftfy's plain function
+when the reading finds something it does not cover, and is tested equal to ftfy on real, multilingual,
+mojibake and generated text (tests/unit/test_data_fastpaths.py). Pinned to ftfy 6.3 (pyproject.toml).
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+import types
+import unicodedata
+from typing import NamedTuple
+
+import ftfy
+from ftfy import badness as ftfy_badness
+from ftfy import chardata as ftfy_chardata
+from ftfy import fixes as ftfy_fixes
+
+try:  # the regex parser behind re (to read ftfy's patterns once)
+    from re import _constants as sre_constants
+    from re import _parser as sre_parser
+except ImportError:  # Python 3.10
+    import sre_constants
+    import sre_parse as sre_parser
+
+SEGMENT = 1_000_000  # ftfy's max_decode_length: longer lines are cut into pieces, left to ftfy itself
+_ENCODING_CONFIG = ftfy.TextFixerConfig(explain=False)  # what fix_and_explain gives fix_encoding
+_NON_ASCII_RUNS = re.compile(r"[^\x00-\x7f]+")
+
+
+def _char_class(codes) -> re.Pattern:
+    return re.compile("[" + "".join(re.escape(chr(c)) for c in sorted(codes)) + "]")
+
+
+def _fixer_domains() -> dict:
+    """The characters each of ftfy.fix_and_explain's per-pass fixers acts on (none: the fixer returns its input),
+    read from ftfy's own tables and patterns; in ftfy's order, all on in its default config."""
+    c, f = ftfy_chardata, ftfy_fixes
+    assert f.SURROGATE_RE.pattern == "[\ud800-\udfff]" and c.C1_CONTROL_RE.pattern == "[\\x80-\\x9f]"
+    return {"fix_c1_controls": set(range(0x80, 0xA0)), "fix_latin_ligatures": set(c.LIGATURES),
+            "fix_character_width": set(c.WIDTH_MAP), "uncurl_quotes": {0x02BC, *range(0x2018, 0x2020)},
+            "fix_line_breaks": set(map(ord, "\r\u2028\u2029\x85")), "fix_surrogates": set(range(0xD800, 0xE000)),
+            "remove_terminal_escapes": {0x1B}, "remove_control_chars": set(c.CONTROL_CHARS)}
+
+
+DOMAINS = _fixer_domains()
+PASS_FIXERS = tuple((getattr(ftfy_fixes, name), _char_class(codes)) for name, codes in DOMAINS.items())
+_FIXER_CHARS = _char_class(set().union(*DOMAINS.values()))
+
+
+# --- reading ftfy's patterns -------------------------------------------------------------------------------
+
+def badness_reach(pattern: re.Pattern) -> tuple[int, int] | None:
+    """(lead, width) such that every match of ftfy's mojibake pattern holds a non-ASCII character within its
+    first lead + 1 characters and is at most `width` long, read off the parsed pattern (so a changed ftfy
+    pattern is re-read, not assumed); None when it holds anything this reading does not cover."""
+    c = sre_constants
+    if pattern.flags & (re.IGNORECASE | re.MULTILINE):  # literals could match ASCII / "^" after newlines
+        return None
+    tree = sre_parser.parse(pattern.pattern, pattern.flags)
+    if len(tree) != 1 or tree[0][0] is not c.BRANCH:
+        return None
+
+    def may_be_ascii(op, av) -> bool:  # can this one-character item match an ASCII character?
+        if op is c.LITERAL:
+            return av < 128
+        if op is c.IN:  # a class member other than a plain literal or range (negation, category, ...): maybe
+            return any(not (o is c.LITERAL and a >= 128 or o is c.RANGE and a[0] >= 128) for o, a in av)
+        return True  # ANY
+
+    lead = 0
+    for branch in tree[0][1][1]:
+        offsets, found = {0}, None  # where the next item can start, relative to the match start
+        for op, av in branch:
+            if op is c.AT and av is c.AT_BEGINNING:
+                continue
+            if op in (c.LITERAL, c.IN, c.ANY):
+                if not may_be_ascii(op, av):
+                    found = max(offsets)
+                    break
+                offsets = {o + 1 for o in offsets}
+            elif op is c.MAX_REPEAT and av[1] != c.MAXREPEAT and av[2].getwidth() == (1, 1) and len(av[2]) == 1:
+                low, high, ((sub_op, sub_av),) = av[0], av[1], list(av[2])
+                if low >= 1 and not may_be_ascii(sub_op, sub_av):
+                    found = max(offsets)
+                    break
+                offsets = {o + k for o in offsets for k in range(low, high + 1)}
+            else:
+                return None
+        if found is None:
+            return None
+        lead = max(lead, found)
+    return lead, tree.getwidth()[1]
+
+
+class Consumed(NamedTuple):
+    """What a pattern's matches consume, as sets of code points (bytes patterns: byte values)."""
+
+    first: frozenset  # a match's first character
+    last: frozenset  # its last character
+    any: frozenset  # any of its characters
+    ahead: bool  # the pattern looks past the match end (lookahead)
+
+
+def consumed(pattern: re.Pattern) -> Consumed | None:
+    """Consumed(...) read off the parsed pattern when it is built of literals, classes of literals and ranges,
+    groups, alternations, repeats of at least once and lookarounds; None for anything else (anchors,
+    categories, negated classes, optional items, case folding, back references)."""
+    c = sre_constants
+    if pattern.flags & re.IGNORECASE:
+        return None
+    ahead = False
+
+    def chars(op, av) -> frozenset | None:
+        if op is c.LITERAL:
+            return frozenset((av,))
+        if op is c.IN and all(o in (c.LITERAL, c.RANGE) for o, _ in av):
+            return frozenset(x for o, a in av for x in ((a,) if o is c.LITERAL else range(a[0], a[1] + 1)))
+        return None
+
+    def seq(items) -> tuple | None:  # (first, last, any) of a sequence, None if unreadable or possibly empty
+        nonlocal ahead
+        parts = []
+        for op, av in items:
+            if op in (c.ASSERT, c.ASSERT_NOT):
+                ahead |= av[0] == 1  # a lookbehind reads before the match start, which the text still has
+                continue
+            if op in (c.LITERAL, c.IN):
+                one = chars(op, av)
+                part = None if one is None else (one, one, one)
+            elif op in (c.MAX_REPEAT, c.MIN_REPEAT) and av[0] >= 1:
+                part = seq(av[2])
+            elif op is c.SUBPATTERN and not av[1] and not av[2]:  # a group without flag changes
+                part = seq(av[3])
+            elif op is c.BRANCH:
+                alts = [seq(b) for b in av[1]]
+                part = None if None in alts else tuple(frozenset().union(*(a[k] for a in alts)) for k in range(3))
+            else:
+                return None
+            if part is None:
+                return None
+            parts.append(part)
+        if not parts:
+            return None
+        return parts[0][0], parts[-1][1], frozenset().union(*(p[2] for p in parts))
+
+    read = seq(sre_parser.parse(pattern.pattern, pattern.flags))
+    return None if read is None else Consumed(*read, ahead)
+
+
+# --- the mojibake test ------------------------------------------------------------------------------------
+
+_BADNESS_REACH = badness_reach(ftfy_badness.BADNESS_RE)
+
+
+def is_bad(text: str) -> bool:
+    """ftfy.badness.is_bad(text), trying the pattern only where a match can start: within `lead` characters
+    before a non-ASCII character (the pattern has no lookaround or end anchor, so a match is decided by its
+    own at most `width` characters). Mostly-ASCII text with a few mojibake spots takes ~6 us instead of ~50
+    (ftfy scans every position with all ~35 alternatives)."""
+    if _BADNESS_REACH is None:
+        return ftfy_badness.is_bad(text)
+    lead, width = _BADNESS_REACH
+    search = ftfy_badness.BADNESS_RE.search
+    for run in _NON_ASCII_RUNS.finditer(text):
+        if search(text, max(0, run.start() - lead), run.end() - 1 + width):
+            return True
+    return False
+
+
+# --- the UTF-8 clue search ----------------------------------------------------------------------------------
+
+class _RunLocal:
+    """pattern.search(text) tried only on stretches of the characters its matches consume, for a pattern whose
+    matches start with a non-ASCII character and look nothing ahead (ftfy's UTF-8 clues: non-ASCII characters
+    and spaces; ~19 us -> ~4 on a tweet). Anything but search() is the pattern's own."""
+
+    def __init__(self, pattern: re.Pattern, ascii_consumed: str):
+        self.pattern = pattern
+        also = "".join(re.escape(ch) for ch in ascii_consumed)
+        self._stretches = re.compile(f"[\\x80-\\U0010ffff][\\x80-\\U0010ffff{also}]*")
+
+    @classmethod
+    def of(cls, pattern: re.Pattern):
+        read = consumed(pattern)
+        if read is None or read.ahead or min(read.first, default=0) < 128:
+            return pattern
+        return cls(pattern, "".join(chr(x) for x in sorted(read.any) if x < 128))
+
+    def search(self, text: str):
+        search = self.pattern.search
+        for stretch in self._stretches.finditer(text):
+            found = search(text, stretch.start(), stretch.end())  # the lookbehind still sees the text before
+            if found:
+                return found
+        return None
+
+    def __getattr__(self, name):
+        return getattr(self.pattern, name)
+
+
+# --- which single-byte encodings are worth trying -----------------------------------------------------------
+
+class _Charmap(NamedTuple):
+    """One of ftfy's single-byte encodings, as sets of the non-ASCII characters it can encode."""
+
+    chars: frozenset  # all of them (what ftfy's possible_encoding pattern allows besides ASCII)
+    sub: bool  # "\x1a" is allowed too (the sloppy codecs give that byte to U+FFFD instead)
+    invalid: frozenset  # encoded as a byte no UTF-8 holds (C1, F5-FF)
+    cont: frozenset  # as a continuation byte (80-BF)
+    lead: frozenset  # as a lead byte (C2-F4 but ED: ftfy's utf-8-variants codec reads ED and C0 its own way)
+
+
+def _charmap(encoding: str) -> _Charmap | None:
+    possible = ftfy_chardata.possible_encoding
+    if not all(possible(chr(i), encoding) for i in range(128) if i != 0x1A):
+        return None
+    candidates = set(bytes(range(0x80, 0x100)).decode(encoding)) | {bytes([0x1A]).decode(encoding)}
+    chars = frozenset(ch for ch in candidates if not ch.isascii() and possible(ch, encoding))
+    byte = {ch: ch.encode(encoding) for ch in chars}
+
+    def encoded_as(test) -> frozenset:
+        return frozenset(ch for ch, b in byte.items() if len(b) == 1 and test(b[0]))
+
+    return _Charmap(chars, possible("\x1a", encoding), encoded_as(lambda b: b == 0xC1 or b >= 0xF5),
+                    encoded_as(lambda b: 0x80 <= b <= 0xBF), encoded_as(lambda b: 0xC2 <= b <= 0xF4 and b != 0xED))
+
+
+def _transcoders_keep_apart(patterns: list, apart: str) -> bool:
+    """True when ftfy's byte transcoders (the step runs them between encoding and decoding) consume no ASCII
+    byte but `apart` and no byte UTF-8 never holds, start no match at a continuation byte and end none at a
+    lead byte: then a continuation byte right after an ASCII byte not in `apart` (or at the start), a lead
+    byte right before one (or at the end) and an invalid byte all reach the decoder as they were, with the
+    same neighbour, and it fails there."""
+    for pattern in patterns:
+        read = consumed(pattern)
+        if read is None or any(x < 128 and chr(x) not in apart or x == 0xC1 or x >= 0xF5 for x in read.any):
+            return False
+        if any(0x80 <= x <= 0xBF for x in read.first) or any(x >= 0xC0 for x in read.last):
+            return False
+    return True
+
+
+_APART = " ?\x1a"  # ASCII bytes ftfy's transcoders consume (restore_byte_a0: " "; replace_lossy_sequences: "?", "\x1a")
+_CHARMAPS = ({e: m for e in ftfy_chardata.CHARMAP_ENCODINGS if (m := _charmap(e)) is not None}
+             if _transcoders_keep_apart([ftfy_chardata.ALTERED_UTF8_RE, ftfy_fixes.A_GRAVE_WORD_RE,
+                                         ftfy_chardata.LOSSY_UTF8_RE], _APART) else {})
+_STEP = getattr(ftfy, "_fix_encoding_one_step_and_explain", None)
+# encodings the step names in its code (latin-1, macroman): their possibility is always answered as it is
+_NAMED = frozenset(c for c in (_STEP.__code__.co_consts if _STEP else ()) if isinstance(c, str))
+_ASCII = frozenset(map(chr, range(128)))
+
+
+_NEXT_TO_APART = "[^" + "".join(re.escape(chr(i)) for i in range(128) if chr(i) not in _APART) + "]"  # or non-ASCII
+_RUN_FIRST = re.compile(f"(?<!{_NEXT_TO_APART})[\\x80-\\U0010ffff]")  # first of a run, after a byte kept apart
+_RUN_LAST = re.compile(f"[\\x80-\\U0010ffff](?!{_NEXT_TO_APART})")
+
+
+@functools.lru_cache(maxsize=8)  # the step asks about each of ~10 encodings in turn for the same text
+def _worth_trying(text: str) -> dict:
+    """{encoding: ftfy's possible_encoding(text, encoding)} (the text's characters are all in the encoding),
+    except that an encoding whose UTF-8 decode must fail is not offered to the step (it would encode,
+    transcode, decode and catch the error: ~40 us), unless the step names it later (latin-1: it asks whether
+    it was possible). Must fail: the text has a character the encoding gives a byte UTF-8 never holds, or a
+    run of non-ASCII characters that starts with a continuation byte after an ASCII character other than
+    _APART (or at the start), or ends with a lead byte before one (or at the end)."""
+    chars = set(text)
+    chars.difference_update(_ASCII)
+    first, last = set(_RUN_FIRST.findall(text)), set(_RUN_LAST.findall(text))
+    sub = "\x1a" in text
+    return {encoding: m.chars.issuperset(chars) and (m.sub or not sub) and (
+            encoding in _NAMED or m.invalid.isdisjoint(chars) and m.cont.isdisjoint(first) and m.lead.isdisjoint(last))
+            for encoding, m in _CHARMAPS.items()}
+
+
+def _possible_encoding(text: str, encoding: str) -> bool:
+    return _worth_trying(text)[encoding] if encoding in _CHARMAPS else ftfy_chardata.possible_encoding(text, encoding)
+
+
+# --- ftfy's one-step encoding repair, given the faster tests -----------------------------------------------
+
+def _rebound(func, **names):
+    """A copy of ftfy's function object whose global `names` are ours (its module is left as it is); None when
+    there is no such function or it (or a function defined inside it) does not read every one of the names."""
+    if func is None:
+        return None
+    code = func.__code__
+    read = set(code.co_names).union(*(c.co_names for c in code.co_consts if isinstance(c, types.CodeType)))
+    if not set(names) <= read:
+        return None
+    fast = types.FunctionType(code, {**func.__globals__, **names}, func.__name__, func.__defaults__,
+                              func.__closure__)
+    fast.__kwdefaults__ = func.__kwdefaults__
+    return fast
+
+
+def _module_with(module, **names) -> types.SimpleNamespace:
+    return types.SimpleNamespace(**{**vars(module), **names})
+
+
+def _fast_step():
+    if _STEP is None:
+        return None
+    chardata = _module_with(ftfy_chardata, UTF8_DETECTOR_RE=_RunLocal.of(ftfy_chardata.UTF8_DETECTOR_RE),
+                            possible_encoding=_possible_encoding)
+    # its repair of embedded UTF-8 pieces calls ftfy.fix_encoding on each piece: ours, remembering them
+    embedded = _rebound(ftfy_fixes.decode_inconsistent_utf8, is_bad=is_bad,
+                        ftfy=types.SimpleNamespace(fix_encoding=_fix_piece))
+    fixes = _module_with(ftfy_fixes, **({"decode_inconsistent_utf8": embedded} if embedded else {}))
+    return _rebound(_STEP, is_bad=is_bad, chardata=chardata, fixes=fixes)
+
+
+def fix_encoding(text: str) -> str:
+    """ftfy.fix_encoding(text): its loop of one-step repairs until one changes nothing, each step testing for
+    mojibake first (ASCII text and text without it come back unchanged)."""
+    if _FIX_ENCODING_STEP is None:  # the first step's own test would return text is_bad passes unchanged
+        return ftfy.fix_encoding(text, _ENCODING_CONFIG) if is_bad(text) else text
+    while True:
+        fixed = _FIX_ENCODING_STEP(text, _ENCODING_CONFIG).text
+        if fixed == text:
+            return text
+        text = fixed
+
+
+@functools.lru_cache(maxsize=16384)  # short pieces ("äó»_", "í_") recurring over a file
+def _fix_piece(text: str) -> str:
+    return fix_encoding(text)
+
+
+_FIX_ENCODING_STEP = _fast_step()
+
+
+# --- ftfy.fix_and_explain / fix_text --------------------------------------------------------------------------
+
+def fix_segment(text: str) -> str:
+    """ftfy.fix_and_explain(text, unescape_html=True).text for one line, with three skips that change nothing:
+    - HTML unescaping only when the text holds "&" (ftfy's entity regex starts with it);
+    - fix_encoding not on ASCII text (its first test returns it as is) nor on its own previous output (it
+      stops only where one more step changes nothing, so that output is its fixed point);
+    - each of the eight per-pass fixers only when the text holds a character it acts on (DOMAINS)."""
+    fixed_point = None
+    while True:  # fix_and_explain's loop: whole passes until one changes nothing
+        orig = text
+        if "&" in text:
+            text = ftfy_fixes.unescape_html(text)
+        if text != fixed_point and not text.isascii():
+            text = fixed_point = fix_encoding(text)
+        if _FIXER_CHARS.search(text):  # one search for the common case of none, then each fixer's own
+            for fix, domain in PASS_FIXERS:
+                if domain.search(text):
+                    text = fix(text)
+        text = unicodedata.normalize("NFC", text)
+        if text == orig:
+            return text
+
+
+def fix_text(text: str) -> str:
+    """NFC(ftfy.fix_text(text, unescape_html=True)): fix_text fixes each "\n"-ended line on its own."""
+    if len(text) >= SEGMENT:
+        return unicodedata.normalize("NFC", ftfy.fix_text(text, unescape_html=True))
+    lines = text.split("\n")
+    fixed = [fix_segment(line + "\n") for line in lines[:-1]] + ([fix_segment(lines[-1])] if lines[-1] else [])
+    return unicodedata.normalize("NFC", "".join(fixed))
