@@ -262,12 +262,10 @@ _CHARMAPS = ({e: m for e in ftfy_chardata.CHARMAP_ENCODINGS if (m := _charmap(e)
 _STEP = getattr(ftfy, "_fix_encoding_one_step_and_explain", None)
 # encodings the step names in its code (latin-1, macroman): their possibility is always answered as it is
 _NAMED = frozenset(c for c in (_STEP.__code__.co_consts if _STEP else ()) if isinstance(c, str))
-_ASCII = frozenset(map(chr, range(128)))
 
 
-_NEXT_TO_APART = "[^" + "".join(re.escape(chr(i)) for i in range(128) if chr(i) not in _APART) + "]"  # or non-ASCII
-_RUN_FIRST = re.compile(f"(?<!{_NEXT_TO_APART})[\\x80-\\U0010ffff]")  # first of a run, after a byte kept apart
-_RUN_LAST = re.compile(f"[\\x80-\\U0010ffff](?!{_NEXT_TO_APART})")
+_APART_CHARS = frozenset(_APART)
+_SPLIT_RUNS = re.compile(r"([^\x00-\x7f]+)")  # split(): [ASCII, run, ASCII, ..., run, ASCII] ("" at the ends)
 
 
 @functools.lru_cache(maxsize=8)  # the step asks about each of ~10 encodings in turn for the same text
@@ -278,9 +276,15 @@ def _worth_trying(text: str) -> dict:
     it was possible). Must fail: the text has a character the encoding gives a byte UTF-8 never holds, or a
     run of non-ASCII characters that starts with a continuation byte after an ASCII character other than
     _APART (or at the start), or ends with a lead byte before one (or at the end)."""
-    chars = set(text)
-    chars.difference_update(_ASCII)
-    first, last = set(_RUN_FIRST.findall(text)), set(_RUN_LAST.findall(text))
+    chars, first, last = set(), set(), set()
+    parts = _SPLIT_RUNS.split(text)
+    for i in range(1, len(parts), 2):
+        run = parts[i]
+        chars.update(run)
+        if parts[i - 1][-1:] not in _APART_CHARS:  # "" (the text's start) is not in it either
+            first.add(run[0])
+        if parts[i + 1][:1] not in _APART_CHARS:
+            last.add(run[-1])
     sub = "\x1a" in text
     return {encoding: m.chars.issuperset(chars) and (m.sub or not sub) and (
             encoding in _NAMED or m.invalid.isdisjoint(chars) and m.cont.isdisjoint(first) and m.lead.isdisjoint(last))
