@@ -215,12 +215,15 @@ def test_encoding_character_sets_equal_ftfys_patterns():
             c = chr(i)
             ours = m.sub if c == "\x1a" else c.isascii() or c in m.chars
             assert ours == ftfy.chardata.possible_encoding(c, encoding), (encoding, hex(i))
+    assert mojibake._ASCII_IS_ISASCII  # and its "ascii" question is str.isascii
+    for text in [chr(i) for i in range(0x10000)] + ["a\n", "é\n", "\n", "", "ab\x7f\x80", "x" * 50 + "\u2019"]:
+        assert mojibake._possible_encoding(text, "ascii") == ftfy.chardata.possible_encoding(text, "ascii"), text
 
 
 # characters encoding to continuation, lead (ED, C0 too) and invalid bytes in ftfy's encodings, what its
 # transcoders read (" ", "?", "\x1a", U+FFFD) and mojibake that does decode
-TRIAL_PIECES = [*"Ã©â€™\x9d\x81íÀðŸøÁ\ufffd ?\x1a\nx_éÐÑÂü Р С Î√╬ÏÅ¿½", "ï¿½", "Ã ", "â€", "Ã\xa0", "í_\x8c\x9d",
-                "äó»_", "\xed\xa0\x80", "À\n", "Ã?", "\x1aÃ", "ÃƒÂ©", "Ð\x9f", "Ã¡", "x\ufffdÂ"]
+TRIAL_PIECES = [*"Ã©â€™\x9d\x81íÀðŸøÁ\ufffd ?\x1a\nx_éÐÑÂü Р С Î√╬ÏÅ¿½", "ï¿½", "Ã ", "â€", "Ã\xa0",
+                "í_\x8c\x9d", "äó»_", "\xed\xa0\x80", "À\n", "Ã?", "\x1aÃ", "ÃƒÂ©", "Ð\x9f", "Ã¡", "x\ufffdÂ"]
 
 
 @settings(max_examples=1500, deadline=None)

@@ -196,6 +196,7 @@ class _RunLocal:
 
     @classmethod
     def of(cls, pattern: re.Pattern):
+        """A _RunLocal for the pattern if its reading allows, else the pattern itself."""
         read = consumed(pattern)
         if read is None or read.ahead or min(read.first, default=0) < 128:
             return pattern
@@ -222,7 +223,7 @@ class _Charmap(NamedTuple):
     sub: bool  # "\x1a" is allowed too (the sloppy codecs give that byte to U+FFFD instead)
     invalid: frozenset  # encoded as a byte no UTF-8 holds (C1, F5-FF)
     cont: frozenset  # as a continuation byte (80-BF)
-    lead: frozenset  # as a lead byte (C2-F4 but ED: ftfy's utf-8-variants codec reads ED and C0 its own way)
+    lead: frozenset  # as a lead byte, C2-F4 but ED (ftfy's utf-8-variants codec decodes ED and C0 its own way)
 
 
 def _charmap(encoding: str) -> _Charmap | None:
@@ -247,7 +248,7 @@ def _transcoders_keep_apart(patterns: list, apart: str) -> bool:
     byte right before one (or at the end) and an invalid byte all reach the decoder as they were, with the
     same neighbour, and it fails there."""
     for pattern in patterns:
-        read = consumed(pattern)
+        read = consumed(pattern) if isinstance(pattern, re.Pattern) else None
         if read is None or any(x < 128 and chr(x) not in apart or x == 0xC1 or x >= 0xF5 for x in read.any):
             return False
         if any(0x80 <= x <= 0xBF for x in read.first) or any(x >= 0xC0 for x in read.last):
@@ -256,16 +257,15 @@ def _transcoders_keep_apart(patterns: list, apart: str) -> bool:
 
 
 _APART = " ?\x1a"  # ASCII bytes ftfy's transcoders consume (restore_byte_a0: " "; replace_lossy_sequences: "?", "\x1a")
+_APART_CHARS = frozenset(_APART)
+_SPLIT_RUNS = re.compile(r"([^\x00-\x7f]+)")  # split(): [ASCII, run, ASCII, ..., run, ASCII] ("" at the ends)
 _CHARMAPS = ({e: m for e in ftfy_chardata.CHARMAP_ENCODINGS if (m := _charmap(e)) is not None}
-             if _transcoders_keep_apart([ftfy_chardata.ALTERED_UTF8_RE, ftfy_fixes.A_GRAVE_WORD_RE,
-                                         ftfy_chardata.LOSSY_UTF8_RE], _APART) else {})
+             if _transcoders_keep_apart([getattr(ftfy_chardata, "ALTERED_UTF8_RE", None),
+                                         getattr(ftfy_fixes, "A_GRAVE_WORD_RE", None),
+                                         getattr(ftfy_chardata, "LOSSY_UTF8_RE", None)], _APART) else {})
 _STEP = getattr(ftfy, "_fix_encoding_one_step_and_explain", None)
 # encodings the step names in its code (latin-1, macroman): their possibility is always answered as it is
 _NAMED = frozenset(c for c in (_STEP.__code__.co_consts if _STEP else ()) if isinstance(c, str))
-
-
-_APART_CHARS = frozenset(_APART)
-_SPLIT_RUNS = re.compile(r"([^\x00-\x7f]+)")  # split(): [ASCII, run, ASCII, ..., run, ASCII] ("" at the ends)
 
 
 @functools.lru_cache(maxsize=8)  # the step asks about each of ~10 encodings in turn for the same text
@@ -291,8 +291,16 @@ def _worth_trying(text: str) -> dict:
             for encoding, m in _CHARMAPS.items()}
 
 
+# the step's first question, "ascii", is a full-text regex match (~3 us) that str.isascii answers in O(1)
+_ASCII_IS_ISASCII = getattr(ftfy_chardata, "ENCODING_REGEXES", {}).get("ascii") == re.compile("^[\x00-\x7f]*$")
+
+
 def _possible_encoding(text: str, encoding: str) -> bool:
-    return _worth_trying(text)[encoding] if encoding in _CHARMAPS else ftfy_chardata.possible_encoding(text, encoding)
+    if encoding in _CHARMAPS:
+        return _worth_trying(text)[encoding]
+    if encoding == "ascii" and _ASCII_IS_ISASCII:
+        return text.isascii()
+    return ftfy_chardata.possible_encoding(text, encoding)
 
 
 # --- ftfy's one-step encoding repair, given the faster tests -----------------------------------------------
