@@ -1,0 +1,82 @@
+"""Token counts for the too_long rule and the report: the fast paths count what the tokenizer counts.
+
+    .venv/bin/python -m pytest tests/unit/test_data_tokens.py -q
+"""
+
+from __future__ import annotations
+
+import random
+
+import re
+
+import regex
+from tokenizers import Tokenizer, models, normalizers, pre_tokenizers
+from transformers import PreTrainedTokenizerFast
+
+from tuneloop.data.tokens import GPT2_SPLIT_ASCII, TokenCounter, _render_len
+from tests.unit.test_data_fastpaths import bench_like_texts, utf8_texts
+
+ASCII_PIECES = ["it's", "we'll", "I'M", "'re", "'", "  ", "   ", "\t", "\n", "\n\n", " \n ", "x", "Word", "123", "4.5",
+                "!!", "?", " ", "@united", "#tag", "http://t.co/x1", "don't", "a-b", "__", "$9.99", "\r\n", "''s"]
+
+
+def exact(tok, texts: list) -> list:
+    return [len(tok(t, add_special_tokens=False)["input_ids"]) for t in texts]
+
+
+def test_ascii_split_equals_the_gpt2_pattern():
+    """The ASCII spelling of GPT-2's split gives the pieces the Unicode pattern gives, on printable ASCII."""
+    gpt2 = regex.compile(r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+""")
+    rng = random.Random(1)
+    chars = [chr(i) for i in range(0x20, 0x7f)] + ["\t", "\n", "\r"]
+    texts = ["".join(rng.choices(ASCII_PIECES, k=rng.randint(0, 12))) for _ in range(3000)]
+    texts += ["".join(rng.choices(chars, k=rng.randint(0, 30))) for _ in range(3000)] + bench_like_texts(200)
+    for t in texts:
+        if t.isascii():
+            assert GPT2_SPLIT_ASCII.findall(t) == gpt2.findall(t), repr(t)
+
+
+def test_counts_by_pretokens_equal_the_tokenizer(tokenizer):
+    rng = random.Random(0)
+    soup = ["".join(rng.choices(ASCII_PIECES, k=rng.randint(0, 12))) for _ in range(2000)]
+    texts = bench_like_texts(300) + utf8_texts() + soup + ["", "<|im_start|>user", "a <|im_end|> b", "x\x1cy"]
+    counter = TokenCounter(tokenizer)
+    assert counter.by_pieces is not None  # SmolLM2: no normalizer, ByteLevel with the GPT-2 regex
+    got = []
+    for s in range(0, len(texts), 500):  # batches, as prepare() sends them; the table persists across them
+        got += counter._encode_lengths(texts[s: s + 500])
+    assert got == exact(tokenizer, texts)
+    assert counter.by_pieces is not None and counter.to_verify <= 0  # verified, still on
+    plain = [t for t in texts if not re.search(r"[^\t\n\r\x20-\x7e]", t) and "<|" not in t]
+    assert len(plain) > 2500 and len(counter.piece_lens) > 1000  # most texts took the pre-token path
+
+
+def test_whole_conversation_counts_equal_the_rendered_template(tokenizer):
+    convs = [[{"role": "system", "content": "Classify."}, {"role": "user", "content": t},
+              {"role": "assistant", "content": "negative"}] for t in bench_like_texts(40)]
+    totals, answers = TokenCounter(tokenizer).count(convs)
+    assert totals == [_render_len(tokenizer, c) for c in convs]
+    assert answers == exact(tokenizer, ["negative"] * len(convs))
+
+
+def test_a_wrong_split_is_caught_and_counting_goes_exact(tokenizer):
+    counter = TokenCounter(tokenizer)
+    counter.by_pieces = re.compile(r".")  # one piece per character: the sums are too large
+    texts = ["hello world", "the gate agent was rude", "a"]
+    assert counter._encode_lengths(texts) == exact(tokenizer, texts)
+    assert counter.by_pieces is None
+
+
+def test_other_pipelines_are_counted_by_the_tokenizer():
+    vocab = {"[UNK]": 0, "hello": 1, "world": 2}
+    for norm, pre in ((normalizers.Lowercase(), pre_tokenizers.ByteLevel()),
+                      (None, pre_tokenizers.Whitespace()),
+                      (None, pre_tokenizers.ByteLevel(add_prefix_space=True))):
+        raw = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
+        if norm is not None:
+            raw.normalizer = norm
+        raw.pre_tokenizer = pre
+        tok = PreTrainedTokenizerFast(tokenizer_object=raw)
+        counter = TokenCounter(tok)
+        assert counter.by_pieces is None
+        assert counter._encode_lengths(["hello world", "Hello"]) == exact(tok, ["hello world", "Hello"])
