@@ -41,14 +41,22 @@ def test_counts_by_pretokens_equal_the_tokenizer(tokenizer):
     soup = ["".join(rng.choices(ASCII_PIECES, k=rng.randint(0, 12))) for _ in range(2000)]
     texts = bench_like_texts(300) + utf8_texts() + soup + ["", "<|im_start|>user", "a <|im_end|> b", "x\x1cy"]
     counter = TokenCounter(tokenizer)
-    assert counter.by_pieces is not None  # SmolLM2: no normalizer, ByteLevel with the GPT-2 regex
+    assert counter.by_pieces  # SmolLM2: no normalizer, ByteLevel with the GPT-2 regex
     got = []
     for s in range(0, len(texts), 500):  # batches, as prepare() sends them; the table persists across them
         got += counter._encode_lengths(texts[s: s + 500])
     assert got == exact(tokenizer, texts)
-    assert counter.by_pieces is not None and counter.to_verify <= 0  # verified, still on
-    plain = [t for t in texts if not re.search(r"[^\t\n\r\x20-\x7e]", t) and "<|" not in t]
-    assert len(plain) > 2500 and len(counter.piece_lens) > 1000  # most texts took the pre-token path
+    assert counter.by_pieces and counter.to_verify <= 0  # verified, still on
+    assert len(counter.piece_lens) > 1000 and sum(counter._split(t) is not None for t in texts) > 2800
+    assert counter.char_ok["é"] and counter.char_ok["😀"]
+
+
+def test_characters_the_two_regex_engines_class_differently_go_to_the_tokenizer(tokenizer):
+    counter = TokenCounter(tokenizer)
+    assert not counter._same_class("\u0558")  # an Armenian letter of Unicode 16: a letter to regex, not here
+    texts = ["բ\u0558բ ok", "x\u0558 1\u0558", "plain text"] * 100
+    assert counter._split(texts[0]) is None and counter._split("plain text") is not None
+    assert counter._encode_lengths(texts) == exact(tokenizer, texts) and counter.by_pieces
 
 
 def test_whole_conversation_counts_equal_the_rendered_template(tokenizer):
@@ -61,10 +69,10 @@ def test_whole_conversation_counts_equal_the_rendered_template(tokenizer):
 
 def test_a_wrong_split_is_caught_and_counting_goes_exact(tokenizer):
     counter = TokenCounter(tokenizer)
-    counter.by_pieces = re.compile(r".")  # one piece per character: the sums are too large
+    counter._split = list  # one piece per character: the sums are too large
     texts = ["hello world", "the gate agent was rude", "a"]
     assert counter._encode_lengths(texts) == exact(tokenizer, texts)
-    assert counter.by_pieces is None
+    assert not counter.by_pieces
 
 
 def test_other_pipelines_are_counted_by_the_tokenizer():
@@ -78,5 +86,5 @@ def test_other_pipelines_are_counted_by_the_tokenizer():
         raw.pre_tokenizer = pre
         tok = PreTrainedTokenizerFast(tokenizer_object=raw)
         counter = TokenCounter(tok)
-        assert counter.by_pieces is None
+        assert not counter.by_pieces
         assert counter._encode_lengths(["hello world", "Hello"]) == exact(tok, ["hello world", "Hello"])

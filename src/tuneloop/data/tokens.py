@@ -12,19 +12,23 @@ render; one mismatch switches the counter to exact counting for the rest of the 
 
 Tokenizing the contents is the larger cost: ~110 us per tweet with SmolLM2's byte-level BPE, most of it its
 pre-tokenizer regex. Byte-level BPE tokenizes each pre-token (a word with its leading space, a digit run,
-...) on its own, so a content's token count is the sum of its pre-tokens' counts: for printable ASCII text
-the GPT-2 split is run here (its pattern spelled in ASCII classes for Python's re: ~16 us per tweet against
-~110 for the tokenizer's Oniguruma + encoding) and each distinct pre-token is tokenized once (~98% of a
-file's pre-tokens repeat). Only tokenizers whose pipeline is
-exactly that (no normalizer, a ByteLevel pre-tokenizer with the GPT-2 regex) take this path, texts holding an
-added token's text or other characters go to the tokenizer, and the first VERIFY_TEXTS texts are counted both
-ways; one mismatch switches to the tokenizer for the rest of the run (`counter.by_pieces` None).
+...) on its own, so a content's token count is the sum of its pre-tokens' counts: the GPT-2 split is run
+here (printable ASCII: its pattern in ASCII classes for Python's re, ~16 us per tweet; other text: the
+`regex` module's Unicode classes, ~25 us) and each distinct pre-token is tokenized once (~98% of a file's
+pre-tokens repeat). Only tokenizers whose pipeline is exactly that (no normalizer, a ByteLevel pre-tokenizer
+with the GPT-2 regex) take this path. A text holding an added token's text, or a character the tokenizer's
+Oniguruma and `regex` class differently (each new character is probed with both: letter, digit, other or
+space; ~17k characters assigned in recent Unicode versions differ), goes to the tokenizer. The first
+VERIFY_TEXTS texts are counted both ways; one mismatch switches to the tokenizer for the rest of the run
+(`counter.by_pieces` False).
 """
 
 from __future__ import annotations
 
 import json
 import re
+
+import regex  # Unicode classes (\p{L}) for Python; a dependency of transformers
 
 VERIFY_PER_SHAPE = 16  # exact renders per role sequence before the additive count is trusted
 VERIFY_TEXTS = 256  # texts counted by pre-tokens and by the tokenizer before the sum is trusted
@@ -35,18 +39,18 @@ MAX_PIECES = 1_000_000  # pre-token counts remembered (~100 MB); the table start
 GPT2_SPLIT_ASCII = re.compile(r"'s|'t|'re|'ve|'m|'ll|'d| ?[A-Za-z]+| ?[0-9]+| ?[^\t\n\r A-Za-z0-9]+"
                               r"|[\t\n\r ]+(?![^\t\n\r ])|[\t\n\r ]+")
 _NOT_PLAIN = re.compile(r"[^\t\n\r\x20-\x7e]")
+GPT2_SPLIT = regex.compile(r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+""")
+_PROBES = ("x{}", "1{}", "{}!")  # one piece or two: a letter, a digit, other non-space, a space split differently
 
 
-def _piece_splitter(backend):
-    """GPT2_SPLIT_ASCII when the tokenizer's pipeline counts tokens per pre-token of that split, else None."""
+def _counts_by_pieces(backend) -> bool:
+    """Whether the tokenizer's pipeline counts tokens per pre-token of the GPT-2 split."""
     if backend is None:
-        return None
+        return False
     spec = json.loads(backend.to_str())
     pre = spec.get("pre_tokenizer") or {}
-    if spec.get("normalizer") is not None or pre.get("type") != "ByteLevel" or not pre.get("use_regex", True) \
-            or pre.get("add_prefix_space"):
-        return None
-    return GPT2_SPLIT_ASCII
+    return spec.get("normalizer") is None and pre.get("type") == "ByteLevel" and pre.get("use_regex", True) \
+        and not pre.get("add_prefix_space")
 
 
 def _render_len(tok, messages: list) -> int:
@@ -65,10 +69,11 @@ class TokenCounter:
         self.exact = self.backend is None  # slow tokenizers: no batch encoder, count exactly
         self.skeletons: dict = {}
         self.verified: dict = {}
-        self.by_pieces = _piece_splitter(self.backend)
+        self.by_pieces = _counts_by_pieces(self.backend)
         added = [t.content for t in getattr(self.backend, "get_added_tokens_decoder", dict)().values()]
         self.added = re.compile("|".join(map(re.escape, added))) if added else None
         self.piece_lens: dict = {}
+        self.char_ok: dict = {}  # character -> the pre-tokenizer and GPT2_SPLIT class it alike
         self.to_verify = VERIFY_TEXTS
 
     def _tokenizer_lengths(self, texts: list) -> list:
@@ -78,15 +83,33 @@ class TokenCounter:
 
     def _encode_lengths(self, texts: list) -> list:
         unique = list(dict.fromkeys(texts))
-        table = self._piece_lengths(unique) if self.by_pieces is not None else {}
+        table = self._piece_lengths(unique) if self.by_pieces else {}
         rest = [t for t in unique if t not in table]
         table.update(zip(rest, self._tokenizer_lengths(rest)))
         return [table[t] for t in texts]
 
+    def _split(self, text: str) -> list | None:
+        """The text's pre-tokens, or None when it must go to the tokenizer."""
+        if self.added and self.added.search(text):
+            return None  # the tokenizer cuts added tokens out before it pre-tokenizes
+        if not _NOT_PLAIN.search(text):
+            return GPT2_SPLIT_ASCII.findall(text)
+        chars, ok = set(text), self.char_ok
+        for c in chars.difference(ok):
+            ok[c] = self._same_class(c)
+        return GPT2_SPLIT.findall(text) if all(map(ok.__getitem__, chars)) else None
+
+    def _same_class(self, c: str) -> bool:
+        pre = self.backend.pre_tokenizer.pre_tokenize_str
+        try:
+            return all(len(pre(p.format(c))) == len(GPT2_SPLIT.findall(p.format(c))) for p in _PROBES)
+        except Exception:  # e.g. a lone surrogate, which the tokenizer cannot take
+            return False
+
     def _piece_lengths(self, texts: list) -> dict:
         """{text: token count} as the sum of its pre-tokens' counts, for the texts that may be counted so."""
-        plain = [t for t in texts if not _NOT_PLAIN.search(t) and not (self.added and self.added.search(t))]
-        pieces = [self.by_pieces.findall(t) for t in plain]
+        split = [(t, self._split(t)) for t in texts]
+        plain, pieces = [t for t, ps in split if ps is not None], [ps for _, ps in split if ps is not None]
         lens = self.piece_lens
         if len(lens) > MAX_PIECES:
             lens.clear()
@@ -97,7 +120,7 @@ class TokenCounter:
             check = plain[: self.to_verify]
             self.to_verify -= len(check)
             if [table[t] for t in check] != self._tokenizer_lengths(check):
-                self.by_pieces = None  # this tokenizer is not additive here after all: count exactly from now on
+                self.by_pieces = False  # this tokenizer is not additive here after all: count exactly from now on
                 return {}
         return table
 
