@@ -32,7 +32,7 @@ import regex  # Unicode classes (\p{L}) for Python; a dependency of transformers
 
 VERIFY_PER_SHAPE = 16  # exact renders per role sequence before the additive count is trusted
 VERIFY_TEXTS = 256  # texts counted by pre-tokens and by the tokenizer before the sum is trusted
-MAX_PIECES = 1_000_000  # pre-token counts remembered (~100 MB); the table starts over beyond
+MAX_PIECES = 500_000  # pre-token counts remembered (~80 MB at most); the table starts over beyond
 # The split HF's ByteLevel pre-tokenizer applies when use_regex is on (GPT-2's, fixed in the tokenizers crate):
 #   's|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+
 # on printable ASCII with tab and line breaks, where \p{L} is [A-Za-z], \p{N} [0-9] and \s [\t\n\r ]:
