@@ -25,7 +25,6 @@ VERIFY_TEXTS texts are counted both ways; one mismatch switches to the tokenizer
 
 from __future__ import annotations
 
-import json
 import re
 
 import regex  # Unicode classes (\p{L}) for Python; a dependency of transformers
@@ -47,10 +46,11 @@ def _counts_by_pieces(backend) -> bool:
     """Whether the tokenizer's pipeline counts tokens per pre-token of the GPT-2 split."""
     if backend is None:
         return False
-    spec = json.loads(backend.to_str())
-    pre = spec.get("pre_tokenizer") or {}
-    return spec.get("normalizer") is None and pre.get("type") == "ByteLevel" and pre.get("use_regex", True) \
-        and not pre.get("add_prefix_space")
+    from tokenizers import pre_tokenizers  # loaded with the tokenizer already (not for --tokenizer none)
+
+    pre = backend.pre_tokenizer
+    return backend.normalizer is None and isinstance(pre, pre_tokenizers.ByteLevel) and pre.use_regex \
+        and not pre.add_prefix_space
 
 
 def _render_len(tok, messages: list) -> int:
