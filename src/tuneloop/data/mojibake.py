@@ -10,8 +10,9 @@ rebound; ftfy's modules are left as they are), minus work that cannot change the
 - the one-step encoding repair (`_fix_encoding_one_step_and_explain`) given faster equals of its tests: the
   mojibake test searched only near non-ASCII characters (is_bad), the UTF-8 clue search only in stretches
   of the characters its pattern consumes (_RunLocal), single-byte encodings the step would try but whose
-  UTF-8 decode must fail not offered to it (_worth_trying), and its repair of UTF-8 pieces embedded in other
-  text remembering the pieces it fixed (tweets repeat them: "äó»_").
+  UTF-8 decode must fail not offered to it (_worth_trying), its "ascii" question answered by str.isascii,
+  and its repair of UTF-8 pieces embedded in other text remembering the pieces it fixed (tweets repeat
+  them: "äó»_").
 Every shortcut is read off ftfy's own patterns and tables at import, falls back to ftfy's plain function
 when the reading finds something it does not cover, and is tested equal to ftfy on real, multilingual,
 mojibake and generated text (tests/unit/test_data_fastpaths.py). Pinned to ftfy 6.3 (pyproject.toml).
