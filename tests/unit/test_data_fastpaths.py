@@ -164,7 +164,7 @@ def test_badness_reach_reads_patterns_it_covers_and_refuses_others():
     assert mojibake.badness_reach(re.compile("a?é|xyé|^Ã[ ]")) == (2, 3)
     assert mojibake.badness_reach(re.compile("x{1,2}é|ab?[é]|[é-ü]")) == (2, 3)
     assert mojibake.badness_reach(re.compile("x{1,2}é|ab?[é]|[é-ü]|[^ab]é|[\\wé]xé")) == (2, 3)  # negated class, \w: maybe ASCII
-    for pattern in ("ab|é", "é|(?=é)é.", "é|é(?!x)", "é|(?:é|a)b", "é|a*é", "é|a+é", "é"):
+    for pattern in ("ab|é", "é|(?=é)é.", "é|é(?!x)", "é|(?:é|a)b", "é|a*é", "é|a+é", "é", "é|üx$", "é|ü\\b", "é|ü(?=x)"):
         assert mojibake.badness_reach(re.compile(pattern)) is None, pattern
     assert mojibake.badness_reach(re.compile("é|ö", re.IGNORECASE)) is None
 

@@ -88,3 +88,17 @@ def test_other_pipelines_are_counted_by_the_tokenizer():
         counter = TokenCounter(tok)
         assert not counter.by_pieces
         assert counter._encode_lengths(["hello world", "Hello"]) == exact(tok, ["hello world", "Hello"])
+
+
+def test_a_tokenizer_set_to_truncate_or_pad_is_counted_in_full_and_left_as_it_was(tokenizer):
+    from tests.conftest import TOKENIZER_DIR
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(TOKENIZER_DIR)
+    tok.backend_tokenizer.enable_truncation(max_length=3)
+    tok.backend_tokenizer.enable_padding(length=64)
+    texts = ["the gate agent was rude to everyone at the desk", "ok", "é ü 😀 and more words here"] * 100
+    assert len(tok.backend_tokenizer.encode(texts[0], add_special_tokens=False).ids) == 64  # cut to 3, padded to 64
+    counts = TokenCounter(tok)._encode_lengths(texts)
+    assert tok.backend_tokenizer.truncation is not None and tok.backend_tokenizer.padding is not None
+    assert counts == exact(tokenizer, texts) and counts[0] > 3

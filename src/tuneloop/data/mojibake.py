@@ -86,22 +86,19 @@ def badness_reach(pattern: re.Pattern) -> tuple[int, int] | None:
     lead = 0
     for branch in tree[0][1][1]:
         offsets, found = {0}, None  # where the next item can start, relative to the match start
-        for op, av in branch:
+        for op, av in branch:  # every item is read, also after the first non-ASCII one (no lookaround, "$")
             if op is c.AT and av is c.AT_BEGINNING:
                 continue
             if op in (c.LITERAL, c.IN, c.ANY):
-                if not may_be_ascii(op, av):
-                    found = max(offsets)
-                    break
-                offsets = {o + 1 for o in offsets}
+                low, high, sub_op, sub_av = 1, 1, op, av
             elif op is c.MAX_REPEAT and av[1] != c.MAXREPEAT and av[2].getwidth() == (1, 1) and len(av[2]) == 1:
                 low, high, ((sub_op, sub_av),) = av[0], av[1], list(av[2])
-                if low >= 1 and not may_be_ascii(sub_op, sub_av):
-                    found = max(offsets)
-                    break
-                offsets = {o + k for o in offsets for k in range(low, high + 1)}
             else:
                 return None
+            if found is None:
+                if low >= 1 and not may_be_ascii(sub_op, sub_av):
+                    found = max(offsets)
+                offsets = {o + k for o in offsets for k in range(low, high + 1)}
         if found is None:
             return None
         lead = max(lead, found)

@@ -66,6 +66,11 @@ class TokenCounter:
     def __init__(self, tok):
         self.tok = tok
         self.backend = getattr(tok, "backend_tokenizer", None)
+        if self.backend is not None and (self.backend.truncation is not None or self.backend.padding is not None):
+            from tokenizers import Tokenizer  # a copy without them: counts are not cut or padded, and the
+            self.backend = Tokenizer.from_str(self.backend.to_str())  # caller's tokenizer keeps its settings
+            self.backend.no_truncation()
+            self.backend.no_padding()
         self.exact = self.backend is None  # slow tokenizers: no batch encoder, count exactly
         self.skeletons: dict = {}
         self.verified: dict = {}
