@@ -40,7 +40,7 @@ except ImportError:  # Python 3.10
 
 SEGMENT = 1_000_000  # ftfy's max_decode_length: longer lines are cut into pieces, left to ftfy itself
 _ENCODING_CONFIG = ftfy.TextFixerConfig(explain=False)  # what fix_and_explain gives fix_encoding
-_NON_ASCII_RUNS = re.compile(r"[^\x00-\x7f]+")
+_NON_ASCII_RUNS = re.compile(r"([^\x00-\x7f]+)")  # split(): [ASCII, run, ASCII, ..., run, ASCII] ("" at ends)
 
 
 def _char_class(codes) -> re.Pattern:
@@ -256,7 +256,6 @@ def _transcoders_keep_apart(patterns: list, apart: str) -> bool:
 
 _APART = " ?\x1a"  # ASCII bytes ftfy's transcoders consume (restore_byte_a0: " "; replace_lossy_sequences: "?", "\x1a")
 _APART_CHARS = frozenset(_APART)
-_SPLIT_RUNS = re.compile(r"([^\x00-\x7f]+)")  # split(): [ASCII, run, ASCII, ..., run, ASCII] ("" at the ends)
 _CHARMAPS = ({e: m for e in ftfy_chardata.CHARMAP_ENCODINGS if (m := _charmap(e)) is not None}
              if _transcoders_keep_apart([getattr(ftfy_chardata, "ALTERED_UTF8_RE", None),
                                          getattr(ftfy_fixes, "A_GRAVE_WORD_RE", None),
@@ -275,7 +274,7 @@ def _worth_trying(text: str) -> dict:
     run of non-ASCII characters that starts with a continuation byte after an ASCII character other than
     _APART (or at the start), or ends with a lead byte before one (or at the end)."""
     chars, first, last = set(), set(), set()
-    parts = _SPLIT_RUNS.split(text)
+    parts = _NON_ASCII_RUNS.split(text)
     for i in range(1, len(parts), 2):
         run = parts[i]
         chars.update(run)
