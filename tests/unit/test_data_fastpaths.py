@@ -57,8 +57,8 @@ def test_gated_cleaning_equals_ftfy_on_every_text():
     texts = bench_like_texts()
     assert sum(not t.isascii() for t in texts) > 500 and sum("&amp;" in t for t in texts) > 100
     for t in texts:
-        assert clean.clean_text.__wrapped__(t) == ungated(t), t
-        assert clean.clean_text.__wrapped__(t, True) == ungated(t, True), t
+        assert clean.clean_text(t) == ungated(t), t
+        assert clean.clean_text(t, True) == ungated(t, True), t
 
 
 def test_ascii_gate_equals_ftfy_for_every_ascii_character():
@@ -66,8 +66,8 @@ def test_ascii_gate_equals_ftfy_for_every_ascii_character():
     the tidy pass changes the same way."""
     for c in map(chr, range(128)):
         for text in (f"a{c}b", f"{c}x{c}{c}y\r\n{c}", c):
-            assert clean.clean_text.__wrapped__(text) == ungated(text), repr(text)
-            assert clean.clean_text.__wrapped__(text, True) == ungated(text, True), repr(text)
+            assert clean.clean_text(text) == ungated(text), repr(text)
+            assert clean.clean_text(text, True) == ungated(text, True), repr(text)
 
 
 PIECES = ["&amp;", "&lt;", "&gt;", "&#39;", "&#x41;", "&eacute;", "&amp;amp;", "&#10;", "&#9;", "&quot;", "&",
@@ -78,8 +78,8 @@ PIECES = ["&amp;", "&lt;", "&gt;", "&#39;", "&#x41;", "&eacute;", "&amp;amp;", "
 @settings(max_examples=300, deadline=None)
 @given(st.lists(st.sampled_from(PIECES), max_size=12).map("".join))
 def test_gated_cleaning_equals_ftfy_on_entity_soup(text):
-    assert clean.clean_text.__wrapped__(text) == ungated(text)
-    assert clean.clean_text.__wrapped__(text, True) == ungated(text, True)
+    assert clean.clean_text(text) == ungated(text)
+    assert clean.clean_text(text, True) == ungated(text, True)
 
 
 SENTENCES = ["Der Flug nach München fällt aus, Entschädigung?", "東京行きの便は遅れています。", "Рейс задерживается на час.",
@@ -102,8 +102,8 @@ def ftfy_nfc(text: str) -> str:
 def test_ftfy_loop_equals_ftfy_on_correct_utf8_and_mojibake():
     for t in utf8_texts() + bench_like_texts(200):
         assert mojibake.fix_text(t) == ftfy_nfc(t), t
-        assert clean.clean_text.__wrapped__(t) == ungated(t), t
-        assert clean.clean_text.__wrapped__(t, True) == ungated(t, True), t
+        assert clean.clean_text(t) == ungated(t), t
+        assert clean.clean_text(t, True) == ungated(t, True), t
 
 
 def test_ftfy_fixers_leave_text_outside_their_domain_alone():
@@ -126,7 +126,7 @@ def test_ftfy_loop_equals_ftfy_on_unicode_soup(text):
     """Mojibake pieces, line starts ftfy's badness regex anchors on, characters its fixers touch, entities,
     surrogates and text that NFC changes, in random mixes."""
     assert mojibake.fix_text(text) == ftfy_nfc(text)
-    assert clean.clean_text.__wrapped__(text) == ungated(text)
+    assert clean.clean_text(text) == ungated(text)
 
 
 # every non-ASCII character ftfy's mojibake pattern names, and ASCII its alternatives start or end with
@@ -322,18 +322,24 @@ def test_lsh_codes_match_bucket_dict_and_subset_matches_copy():
 def test_group_mask_matches_plain_word_sets():
     m = audit.matchers(audit.identity_terms())
     _, insensitive, sensitive, *_ = m
+    words = re.compile(r"[A-Za-z]+")  # the reference: regex words of the lowered / original text
+    rng = random.Random(3)
+    pieces = ["Bill", "bill", "BILL", "Jamal", "old", "man", "old man", "Old Man", "special needs", "she", "He",
+              "\u212a", "\u0130", "\u00df", "e\u0301", " ", "  ", "\n", ".", "'s", "7", "-", "\u00a0", "\U0001F600"]
+    soup = ["".join(rng.choice(pieces) for _ in range(rng.randint(1, 8))) for _ in range(3000)]
     hits = 0
-    for text in bench_like_texts(150) + utf8_texts()[:50] + ["Kelvin \u212a Jamal", "JAMAL jamal Jamal's", "old  man"]:
+    for text in (bench_like_texts(150) + utf8_texts()[:50] + soup +
+                 ["Kelvin \u212a Jamal", "JAMAL jamal Jamal's", "old  man", "\u212aBill", "\u0130Bill", "old man"]):
         want = 0
-        for w in set(audit._WORDS.findall(text.lower())) & set(insensitive):
+        for w in set(words.findall(text.lower())) & set(insensitive):
             want |= insensitive[w]
-        for w in set(audit._WORDS.findall(text)) & set(sensitive):
+        for w in set(words.findall(text)) & set(sensitive):
             want |= sensitive[w]
         for phrase in (k for k in insensitive if " " in k):
             want |= insensitive[phrase] if f" {phrase} " in f" {text.lower()} " else 0
-        assert audit.group_mask(text, m) == want
+        assert audit.group_mask(text, m) == want, repr(text)
         hits += want != 0
-    assert hits > 50
+    assert hits > 500
 
 
 def test_prepare_is_deterministic_and_copies_spooled_lines(tmp_path):

@@ -88,6 +88,21 @@ def test_strict_fails_on_first_error(tmp_path, rule):
         prepare(_cfg(p, fmt, labels, strict=True), None, tmp_path / "o", 0)
 
 
+def test_any_json_value_in_a_message_field_is_a_rejection_not_a_crash(tmp_path):
+    """Roles, contents and weights of every JSON type: each row is rejected with its rule (a list or object
+    role once crashed the stage: unhashable in the role set)."""
+    odd = [["user"], {"r": 1}, 5, None, True, 1.5, ""]
+    rows = ([{"messages": [{"role": v, "content": "hi"}, A]} for v in odd] +
+            [{"messages": [{"role": "user", "content": v}, A]} for v in odd] +
+            [{"messages": [{**U, "weight": v}, A]} for v in odd if v is not True])  # (True == 1: a valid weight)
+    p = tmp_path / "odd.jsonl"
+    p.write_text("".join(json.dumps(r) + "\n" for r in rows) + json.dumps(GOOD["chat"]) + "\n")
+    res = prepare(DataConfig(source=str(p), task="generation", train_size=1, validation_size=0, test_size=0),
+                  None, tmp_path / "o", 0)
+    assert res.ledger.kept == 1
+    assert res.ledger.rejected == {"invalid_role": 7, "content_not_string": 6, "empty_content": 1, "invalid_weight": 6}
+
+
 def test_ten_megabyte_line_is_rejected_not_a_crash(tmp_path):
     p = tmp_path / "big.jsonl"
     big = json.dumps({"messages": [U, {"role": "assistant", "content": "y" * 10_000_000}]})

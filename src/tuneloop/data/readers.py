@@ -28,6 +28,7 @@ from tuneloop.errors import UserError
 # file is almost always a concatenation bug, and parsing it would cost more than the rest of the file.
 MAX_ROW_BYTES = 1_000_000
 _LONG_DIGITS = re.compile(rb"\d{19}")
+_DIGITS = b"0123456789"
 ARROW_BATCH = 4096  # rows per Arrow record batch: bounds memory for Parquet / datasets folders
 
 
@@ -98,8 +99,10 @@ def _read_jsonl(path: Path, max_row_bytes: int) -> Iterator[Row]:
 def _loads(raw: bytes):
     """orjson (~4x faster than json) for the common valid line; anything it refuses (invalid UTF-8 or JSON,
     NaN, lone-surrogate escapes) is parsed again by json, whose result and error messages are the reference.
-    orjson turns integers over 64 bits into floats, so a line with a 19+ digit run goes to json directly."""
-    if not _LONG_DIGITS.search(raw):
+    orjson turns integers over 64 bits into floats, so a line with a 19+ digit run goes to json directly. The
+    regex scan (~3.5 us per tweet line, more than orjson's parse) runs only on lines holding 19+ digits at all
+    (counted by a C-speed translate, ~0.4 us; ~10% of tweet lines)."""
+    if len(raw) - len(raw.translate(None, _DIGITS)) < 19 or not _LONG_DIGITS.search(raw):
         try:
             return orjson.loads(raw)
         except orjson.JSONDecodeError:

@@ -79,31 +79,34 @@ def valid_utf8(text: str) -> bool:
 
 
 def check_message(i: int, m) -> None:
-    where = f"messages[{i}]"
+    # the field path f"messages[{i}]" is only built for an error (~0.3 us per message otherwise)
     if not isinstance(m, dict):
-        raise Rejection("message_not_object", where, f"message {i} is a {type(m).__name__}, not an object")
+        raise Rejection("message_not_object", f"messages[{i}]",
+                        f"message {i} is a {type(m).__name__}, not an object")
     if "role" not in m or ("content" not in m and "function_call" not in m):
         missing = "role" if "role" not in m else "content"
-        raise Rejection("message_missing_key", where, f"message {i} has no '{missing}'")
-    extra = [] if m.keys() <= ALLOWED_KEYS else sorted(set(m) - ALLOWED_KEYS)
-    if extra:
-        raise Rejection("message_unrecognized_key", f"{where}.{extra[0]}", f"message {i} has unrecognized key "
-                        f"'{extra[0]}' (allowed: {', '.join(sorted(ALLOWED_KEYS))})")
-    if m["role"] not in ROLES:
-        raise Rejection("invalid_role", f"{where}.role", f"message {i} has role {m['role']!r} "
+        raise Rejection("message_missing_key", f"messages[{i}]", f"message {i} has no '{missing}'")
+    if not m.keys() <= ALLOWED_KEYS:
+        extra = sorted(set(m) - ALLOWED_KEYS)
+        raise Rejection("message_unrecognized_key", f"messages[{i}].{extra[0]}", f"message {i} has unrecognized "
+                        f"key '{extra[0]}' (allowed: {', '.join(sorted(ALLOWED_KEYS))})")
+    role = m["role"]
+    if not isinstance(role, str) or role not in ROLES:  # (a list or dict role is unhashable: no set lookup)
+        raise Rejection("invalid_role", f"messages[{i}].role", f"message {i} has role {role!r} "
                         "(use system, user, assistant or function)")
     content = m.get("content")
-    if "function_call" in m and content is None:
+    if content is None and "function_call" in m:
         return
     if not isinstance(content, str):
-        raise Rejection("content_not_string", f"{where}.content",
+        raise Rejection("content_not_string", f"messages[{i}].content",
                         f"message {i} content is a {type(content).__name__}, not a string")
-    if not valid_utf8(content):
-        raise Rejection("invalid_utf8", f"{where}.content", f"message {i} content holds invalid UTF-8")
-    if not content.strip():
-        raise Rejection("empty_content", f"{where}.content", f"message {i} content is empty or whitespace")
+    if not content.isascii() and not valid_utf8(content):
+        raise Rejection("invalid_utf8", f"messages[{i}].content", f"message {i} content holds invalid UTF-8")
+    if not content or content.isspace():  # (strip() would copy the text)
+        raise Rejection("empty_content", f"messages[{i}].content", f"message {i} content is empty or whitespace")
     if "weight" in m and m["weight"] not in (0, 1):
-        raise Rejection("invalid_weight", f"{where}.weight", f"message {i} weight {m['weight']!r} must be 0 or 1")
+        raise Rejection("invalid_weight", f"messages[{i}].weight",
+                        f"message {i} weight {m['weight']!r} must be 0 or 1")
 
 
 def check_chat(messages, require_last_assistant: bool = True) -> list:
