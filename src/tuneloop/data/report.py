@@ -15,7 +15,7 @@ import json
 from pathlib import Path
 
 from tuneloop.data.validate import DROP_REASONS, RULES
-from tuneloop.report.html import _table, figure_to_img, plt, write_page
+from tuneloop.report.html import _table, figure_to_img, subplots, write_page
 
 STYLE = ("body{max-width:960px}td,th{text-align:left;vertical-align:top}pre{background:#f4f4f4;padding:8px;"
          "white-space:pre-wrap;word-break:break-all}.t{background:#c8f0c8;outline:1px solid #8c8}.c{color:#777}"
@@ -33,7 +33,7 @@ def funnel(counts: dict) -> str:
             left -= n
             rows.append([f"- {kind}: {reason}", n, meaning.get(reason, "")])
     rows.append(["= kept (in splits)", counts["kept"], f"checked: {left} == {counts['kept']}"])
-    fig, ax = plt.subplots(figsize=(7, 0.35 * len(rows) + 1))
+    fig, ax = subplots(figsize=(7, 0.35 * len(rows) + 1))
     ax.barh([r[0] for r in rows][::-1], [r[1] for r in rows][::-1], color="C0")
     ax.set_xlabel("rows")
     return _table(rows, ["stage", "rows", "meaning"]) + figure_to_img(fig)
@@ -57,7 +57,7 @@ def token_histograms(cand, kept: list) -> str:
     answer = [cand.answer_tokens[i] for i in kept]
     if not any(cand.tokens[i] for i in kept):
         return "<p>No tokenizer was given, so tokens were not counted.</p>"
-    fig, axes = plt.subplots(1, 2, figsize=(9, 3))
+    fig, axes = subplots(1, 2, figsize=(9, 3))
     for ax, xs, title in ((axes[0], prompt, "prompt (template + inputs)"), (axes[1], answer, "answer")):
         ax.hist(xs, bins=40, color="C2")
         ax.set_title(title)
@@ -69,7 +69,7 @@ def label_balance(splits: dict) -> str:
     labels = sorted({lab for s in splits.values() for lab in s["labels"] if lab is not None})
     if not labels:
         return "<p>No labels (generation data).</p>"
-    fig, ax = plt.subplots(figsize=(7, 3))
+    fig, ax = subplots(figsize=(7, 3))
     width = 0.8 / len(splits)
     for k, (name, s) in enumerate(splits.items()):
         n = max(s["n"], 1)
@@ -85,7 +85,7 @@ def identity_chart(audit: dict) -> str:
     groups = {g: v for g, v in audit["groups"].items() if v.get("rows")}
     if not groups:
         return "<p>No identity terms found in the kept rows.</p>"
-    fig, ax = plt.subplots(figsize=(7, 0.3 * len(groups) + 1))
+    fig, ax = subplots(figsize=(7, 0.3 * len(groups) + 1))
     ax.barh(list(groups)[::-1], [v["rows"] for v in groups.values()][::-1], color="C4")
     ax.set_xlabel("kept rows mentioning the group")
     rows = [[g, v["rows"], ", ".join(f"{k}: {r:.2f}" for k, r in v["label_rates"].items())] for g, v in groups.items()]

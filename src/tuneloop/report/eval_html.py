@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from tuneloop.report.html import _table, confusion_table, figure_to_img, loss_chart, plt, write_page
+from tuneloop.report.html import _table, confusion_table, figure_to_img, loss_chart, subplots, write_page
 
 HEADLINE = {"classification": ("accuracy", "macro_f1", "invalid_rate"),
             "generation": ("exact_match", "token_f1", "rouge_l", "bleu", "chrf"),
@@ -69,7 +69,7 @@ def metric_section(result: dict) -> str:
 
 
 def _metric_chart(result: dict, names: list, metrics: tuple) -> str:
-    fig, ax = plt.subplots(figsize=(6.5, 3.2))
+    fig, ax = subplots(figsize=(6.5, 3.2))
     width = 0.8 / len(names)
     for i, n in enumerate(names):
         vals = [float(result[n].get(m) or 0.0) for m in metrics]
@@ -114,7 +114,7 @@ def _bias_chart(bias: dict, names: list, suites: list) -> str:
     suites = [s for s in suites if any(bias[n].get(s, {}).get("score") is not None for n in names)]
     if not suites:
         return ""
-    fig, ax = plt.subplots(figsize=(6.5, 3.0))
+    fig, ax = subplots(figsize=(6.5, 3.0))
     width = 0.8 / len(names)
     for i, n in enumerate(names):
         res = [bias[n].get(s, {}) for s in suites]

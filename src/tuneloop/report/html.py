@@ -10,10 +10,9 @@ import html
 import io
 from pathlib import Path
 
-import matplotlib
-
-matplotlib.use("Agg")  # headless: no display on servers and CI
-import matplotlib.pyplot as plt  # noqa: E402
+# The object-oriented API, not pyplot: no global figure registry to leak from a long-running server, no GUI
+# backend to pick, and ~0.25 s less import time (pyplot loads backends and the colormap registry it needs).
+from matplotlib.figure import Figure
 
 # Shared by the run, eval and data reports; each page adds its own rules after these.
 STYLE = ("body{font-family:system-ui,sans-serif;margin:2em auto;color:#222}"
@@ -29,10 +28,15 @@ def write_page(path: Path, title: str, parts: list, style: str = "") -> Path:
     return Path(path)
 
 
+def subplots(*grid: int, figsize: tuple, **kw):
+    """(figure, axes) like pyplot.subplots, on a Figure that savefig renders with Agg (PNG)."""
+    fig = Figure(figsize=figsize)
+    return fig, fig.subplots(*grid, **kw)
+
+
 def figure_to_img(fig) -> str:
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
-    plt.close(fig)
     return f'<img alt="chart" src="data:image/png;base64,{base64.b64encode(buf.getvalue()).decode()}">'
 
 
@@ -40,7 +44,7 @@ def loss_chart(history: list) -> str:
     steps = [r for r in history if "loss" in r]
     if not steps:
         return "<p>No training steps were logged.</p>"
-    fig, ax = plt.subplots(figsize=(6, 3.2))
+    fig, ax = subplots(figsize=(6, 3.2))
     ax.plot([r["step"] for r in steps], [r["loss"] for r in steps], label="train loss (assistant tokens)")
     val = [r for r in history if "val_loss" in r]
     if val:
