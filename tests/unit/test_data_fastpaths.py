@@ -248,6 +248,26 @@ def test_utf8_clue_search_in_stretches_equals_ftfys_search():
     assert isinstance(mojibake._RunLocal.of(re.compile("(?<!x)(?:[é] |[ü]{2})+")), mojibake._RunLocal)
 
 
+def test_altered_utf8_search_in_byte_stretches_equals_ftfys_search():
+    """The step's test for UTF-8 whose 0xA0 bytes became spaces, searched only in stretches of high bytes and
+    spaces: the same match (span) as ftfy's on encoded texts and on random bytes dense in the pattern's own."""
+    altered = ftfy.chardata.ALTERED_UTF8_RE
+    local = mojibake._FIX_ENCODING_STEP.__globals__["chardata"].ALTERED_UTF8_RE
+    assert isinstance(local, mojibake._RunLocal) and local.sub == altered.sub
+    rng = random.Random(4)
+    leads = (0xC2, 0xC3, 0xC5, 0xCE, 0xD0, 0xD9, 0xE0, 0xE2, 0xE3, 0xF0)  # the pattern's first bytes
+    alphabet = [bytes([b]) for b in (*range(0x80, 0x100), *leads * 8, *[0x20] * 40, 0x41, 0x3F, 0x0A, 0x1A, 0xA0)]
+    data = [t.encode("latin-1", "replace") for t in utf8_texts() + bench_like_texts(200)]
+    data += [t.encode("utf-8") for t in utf8_texts()]
+    data += [b"".join(rng.choices(alphabet, k=rng.randint(0, 12))) for _ in range(30000)]
+    found = 0
+    for b in data:
+        want, got = altered.search(b), local.search(b)
+        assert (want and want.span()) == (got and got.span()), b
+        found += want is not None
+    assert found > 3000
+
+
 def test_pattern_reading_for_the_transcoders():
     read = mojibake.consumed(re.compile(b"[\xc2-\xdf][\x1a]|\x1a|\xc3 (?! |s )"))
     assert (read.first, read.last, read.any, read.ahead) == (

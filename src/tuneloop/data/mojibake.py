@@ -184,13 +184,19 @@ def is_bad(text: str) -> bool:
 
 class _RunLocal:
     """pattern.search(text) tried only on stretches of the characters its matches consume, for a pattern whose
-    matches start with a non-ASCII character and look nothing ahead (ftfy's UTF-8 clues: non-ASCII characters
-    and spaces; ~19 us -> ~4 on a tweet). Anything but search() is the pattern's own."""
+    matches start with a non-ASCII character (a byte >= 0x80 for a bytes pattern) and look nothing ahead:
+    ftfy's UTF-8 clues (non-ASCII characters and spaces; ~19 us -> ~4 on a tweet) and its test for UTF-8 with
+    spaces for 0xA0 bytes, run on every text the step encodes (high bytes and spaces; ~10 -> ~2 us: the
+    pattern is an alternation of classes, which re scans position by position). Anything but search() is the
+    pattern's own."""
 
     def __init__(self, pattern: re.Pattern, ascii_consumed: str):
         self.pattern = pattern
         also = "".join(re.escape(ch) for ch in ascii_consumed)
-        self._stretches = re.compile(f"[\\x80-\\U0010ffff][\\x80-\\U0010ffff{also}]*")
+        if isinstance(pattern.pattern, bytes):
+            self._stretches = re.compile(f"[\\x80-\\xff][\\x80-\\xff{also}]*".encode("latin-1"))
+        else:
+            self._stretches = re.compile(f"[\\x80-\\U0010ffff][\\x80-\\U0010ffff{also}]*")
 
     @classmethod
     def of(cls, pattern: re.Pattern):
@@ -325,6 +331,7 @@ def _fast_step():
     if _STEP is None:
         return None
     chardata = _module_with(ftfy_chardata, UTF8_DETECTOR_RE=_RunLocal.of(ftfy_chardata.UTF8_DETECTOR_RE),
+                            ALTERED_UTF8_RE=_RunLocal.of(ftfy_chardata.ALTERED_UTF8_RE),
                             possible_encoding=_possible_encoding)
     # its repair of embedded UTF-8 pieces calls ftfy.fix_encoding on each piece: ours, remembering them
     embedded = _rebound(ftfy_fixes.decode_inconsistent_utf8, is_bad=is_bad,
