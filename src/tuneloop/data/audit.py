@@ -152,25 +152,29 @@ def audit(labels: list, masks: list, split_of: list, names: list, threshold: flo
     """Label distribution per split, rows per identity group and label rates given the group, with flags
     where a group's rate differs from the overall rate by more than `threshold` (groups with >= min_rows)."""
     per_split: dict = {}
-    for lab, s in zip(labels, split_of):
-        per_split.setdefault(s, Counter())[lab] += 1
+    for (s, lab), k in Counter(zip(split_of, labels)).items():  # (first-seen order, as row by row)
+        per_split.setdefault(s, {})[lab] = k
     overall = Counter(labels)
     n = max(len(labels), 1)
+    cells = Counter(zip(masks, labels)).items()  # a few hundred (mask, label) cells instead of rows per group
     groups, flags = {}, []
     for i, g in enumerate(names):
-        rows = [lab for lab, mk in zip(labels, masks) if mk >> i & 1]
-        if not rows:
+        c: Counter = Counter()
+        for (mk, lab), k in cells:
+            if mk >> i & 1:
+                c[lab] += k
+        size = sum(c.values())
+        if not size:
             groups[g] = {"rows": 0}
             continue
-        c = Counter(rows)
-        rates = {lab: round(c[lab] / len(rows), 4) for lab in overall}
-        groups[g] = {"rows": len(rows), "share": round(len(rows) / n, 4), "label_rates": rates}
+        rates = {lab: round(c[lab] / size, 4) for lab in overall}
+        groups[g] = {"rows": size, "share": round(size / n, 4), "label_rates": rates}
         for lab, r in rates.items():
             delta = r - overall[lab] / n
-            if len(rows) >= min_rows and abs(delta) > threshold:
+            if size >= min_rows and abs(delta) > threshold:
                 flags.append({"group": g, "label": lab, "rate": r, "overall": round(overall[lab] / n, 4),
-                              "delta": round(delta, 4), "rows": len(rows)})
-    return {"label_distribution": {s: dict(c) for s, c in per_split.items()},
+                              "delta": round(delta, 4), "rows": size})
+    return {"label_distribution": per_split,
             "overall_label_rates": {lab: round(c / n, 4) for lab, c in overall.items()},
             "groups": groups, "flags": flags, "threshold": threshold, "min_rows": min_rows,
             "sources": {"weat": "wefe==1.0.1 datasets/data/WEAT.json", "extra": "tuneloop.data.audit.EXTRA_TERMS"}}

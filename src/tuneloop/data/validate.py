@@ -11,6 +11,8 @@ empty or whitespace-only content and invalid UTF-8. `RULES` is the reference tab
 
 from __future__ import annotations
 
+import functools
+
 # rule id -> what it means; ids are a public contract (rejected.jsonl, manifest, --strict messages)
 RULES = {
     # reading
@@ -115,14 +117,26 @@ def check_chat(messages, require_last_assistant: bool = True) -> list:
         raise Rejection("messages_missing", "messages", "'messages' must be a non-empty list of messages")
     for i, m in enumerate(messages):
         check_message(i, m)
-    roles = [m["role"] for m in messages]
-    if "assistant" not in roles:
-        raise Rejection("no_assistant_message", "messages", "no assistant message to learn from")
-    check_role_order(roles)
-    if require_last_assistant and roles[-1] != "assistant":
-        raise Rejection("last_not_assistant", f"messages[{len(roles) - 1}].role",
-                        f"the last message is '{roles[-1]}'; SFT needs the assistant's answer last")
-    return [w for w, role in (("no_system_message", "system"), ("no_user_message", "user")) if role not in roles]
+    problem, warnings = _role_verdict(tuple([m["role"] for m in messages]), require_last_assistant)
+    if problem:
+        raise Rejection(*problem)
+    return list(warnings)
+
+
+@functools.lru_cache(maxsize=1024)  # a file has a few role sequences (user/assistant, system/user/assistant...)
+def _role_verdict(roles: tuple, require_last_assistant: bool) -> tuple:
+    """(None or the Rejection's arguments, warning ids) for a sequence of valid roles."""
+    try:
+        if "assistant" not in roles:
+            raise Rejection("no_assistant_message", "messages", "no assistant message to learn from")
+        check_role_order(roles)
+        if require_last_assistant and roles[-1] != "assistant":
+            raise Rejection("last_not_assistant", f"messages[{len(roles) - 1}].role",
+                            f"the last message is '{roles[-1]}'; SFT needs the assistant's answer last")
+    except Rejection as r:
+        return (r.rule, r.field, r.message), ()
+    return None, tuple(w for w, role in (("no_system_message", "system"), ("no_user_message", "user"))
+                       if role not in roles)
 
 
 def check_role_order(roles: list) -> None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import random
 from collections import Counter
 from pathlib import Path
@@ -23,12 +24,23 @@ from tuneloop.data.split import SPLITS
 from tuneloop.data.validate import RULES
 
 
+def _pread(f, n: int, pos: int) -> bytes:
+    return os.pread(f.fileno(), n, pos)
+
+
+def _seek_read(f, n: int, pos: int) -> bytes:
+    f.seek(pos)
+    return f.read(n)
+
+
+_read_at = _pread if hasattr(os, "pread") else _seek_read  # os.pread: POSIX only
+
+
 def _spooled(spool, c, i: int) -> bytes:
-    """Candidate i's spooled line: one seek + read of its known length on the unbuffered spool (a buffered
-    seek + readline refilled an 8 KB buffer per row: twice the time)."""
+    """Candidate i's spooled line: one positioned read of its known length on the unbuffered spool (a buffered
+    seek + readline refilled an 8 KB buffer per row: twice the time; pread is one system call, not two)."""
     start, end = c.offsets[i], c.offsets[i + 1] if i + 1 < len(c.offsets) else c.spool_end
-    spool.seek(start)
-    line = spool.read(end - start)
+    line = _read_at(spool, end - start, start)
     if len(line) != end - start:  # regular files do not read short; if one did, fail rather than corrupt
         raise OSError(f"{spool.name}: read {len(line)} of {end - start} bytes at {start}")
     return line
@@ -69,11 +81,19 @@ def _group_plan(c, ids: list, audit: dict, names: list, mode: str, seed: int) ->
 
 
 def _write_split(path: Path, spool, c, ids: list, weights: dict, extra_ids: list, cf, data_hash) -> dict:
-    """Stream one split from the spool to its file (one example in memory at a time); returns its counts."""
+    """Stream one split from the spool to its file (one example, or 4096 copied lines, in memory at a time);
+    returns its counts."""
     labels, added = Counter(), 0
-    cf_rows = []
+    cf_rows, copied = [], []
     with open(path, "wb") as f:
+        def flush() -> None:  # copied lines go out joined, 4096 at a time: one write and hash call, not two per row
+            chunk = b"".join(copied)
+            f.write(chunk)
+            data_hash.update(chunk)
+            copied.clear()
+
         def put(ex: Example) -> None:
+            flush()
             line = ex.to_line()
             f.write(line)
             data_hash.update(line)
@@ -81,10 +101,10 @@ def _write_split(path: Path, spool, c, ids: list, weights: dict, extra_ids: list
 
         for i in ids:
             if not cf and i not in weights:  # the spooled line is already this row's output line
-                line = _spooled(spool, c, i)
-                f.write(line)
-                data_hash.update(line)
+                copied.append(_spooled(spool, c, i))
                 labels[c.labels[i]] += 1
+                if len(copied) >= 4096:
+                    flush()
                 continue
             ex = _read(spool, c, i)
             if i in weights:
@@ -100,6 +120,7 @@ def _write_split(path: Path, spool, c, ids: list, weights: dict, extra_ids: list
             ex.meta.update({"augmented": "resample", **({"weight": weights[i]} if i in weights else {})})
             put(ex)
             added += 1
+        flush()
     return {"n": sum(labels.values()), "labels": dict(labels), "counterfactual": len(cf_rows), "resampled": added}
 
 
