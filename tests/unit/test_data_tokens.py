@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import random
+import types
 
 import re
 
@@ -102,3 +103,12 @@ def test_a_tokenizer_set_to_truncate_or_pad_is_counted_in_full_and_left_as_it_wa
     counts = TokenCounter(tok)._encode_lengths(texts)
     assert tok.backend_tokenizer.truncation is not None and tok.backend_tokenizer.padding is not None
     assert counts == exact(tokenizer, texts) and counts[0] > 3
+
+
+def test_tokenizers_without_the_offset_free_batch_encoder_count_the_same(tokenizer):
+    """encode_batch_fast (tokenizers >= 0.20) skips character offsets; older versions use encode_batch."""
+    texts = bench_like_texts(20)
+    counter = TokenCounter(tokenizer)
+    fast = counter._tokenizer_lengths(texts)
+    counter.backend = types.SimpleNamespace(encode_batch=counter.backend.encode_batch)  # no encode_batch_fast
+    assert counter._tokenizer_lengths(texts) == fast == exact(tokenizer, texts)

@@ -83,7 +83,9 @@ class TokenCounter:
 
     def _tokenizer_lengths(self, texts: list) -> list:
         if self.backend is not None:
-            return [len(e.ids) for e in self.backend.encode_batch(texts, add_special_tokens=False)]
+            # encode_batch_fast (tokenizers >= 0.20): the same ids without character offsets, ~half the CPU
+            encode = getattr(self.backend, "encode_batch_fast", None) or self.backend.encode_batch
+            return [len(e.ids) for e in encode(texts, add_special_tokens=False)]
         return [len(self.tok(t, add_special_tokens=False)["input_ids"]) for t in texts]
 
     def _encode_lengths(self, texts: list) -> list:
