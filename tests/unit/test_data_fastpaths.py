@@ -339,6 +339,13 @@ def test_lsh_codes_match_bucket_dict_and_subset_matches_copy():
         assert np.array_equal(dedup.near_pairs(sigs, t, subset=sub), dedup.near_pairs(sigs[sub], t))
 
 
+def test_only_the_listed_characters_lower_to_ascii():
+    """group_mask trusts that lowering moves no [A-Za-z] run but for these (this Python's Unicode tables)."""
+    lowers = {chr(i) for i in range(0x80, 0x110000) if not 0xD800 <= i < 0xE000
+              and any(ch.isascii() for ch in chr(i).lower())}
+    assert lowers == set(audit.LOWER_TO_ASCII)
+
+
 def test_group_mask_matches_plain_word_sets():
     m = audit.matchers(audit.identity_terms())
     _, insensitive, sensitive, *_ = m

@@ -104,6 +104,9 @@ def matchers(terms: dict) -> Matchers:
                     frozenset(ascii_in) | lowered_names | (phrase_heads or frozenset()), lowered_names, phrase_heads)
 
 
+LOWER_TO_ASCII = "\u0130\u212a"  # the non-ASCII characters whose lower() holds an ASCII letter (a test scans them all)
+
+
 # bytes.translate table turning text's UTF-8 into its [A-Za-z]+ words at C speed: every other byte a space
 # (multi-byte characters are bytes >= 0x80, so they separate words as they do in the regex [A-Za-z]+)
 _LETTERS = bytes(b if 65 <= b <= 90 or 97 <= b <= 122 else 32 for b in range(256))
@@ -113,10 +116,10 @@ _LETTERS_LOWER = bytes(b + 32 if 65 <= b <= 90 else b if 97 <= b <= 122 else 32 
 def group_mask(text: str, m: Matchers) -> int:
     """Bit i set when the text mentions group i: the words of the lowered text (bytes.translate + split, no
     regex) are intersected with the term tables at C speed; two-word terms by substring of the lowered text.
-    ASCII text (~5 us per tweet instead of ~12) is split once: names (case-sensitive) are only looked for when
-    the lowered text holds a lowercased name, and phrases when it holds a phrase's first word. Other text is
-    lowered before splitting (a Kelvin sign lowers to "k" and joins the letters after it) and its names are
-    always looked for in the original text."""
+    The text is split once (~5 us per ASCII tweet instead of ~12): names (case-sensitive) are only looked for
+    when the lowered text holds a lowercased name, and phrases when it holds a phrase's first word. Lowering
+    keeps [A-Za-z] runs where they were except for the two characters that lower to ASCII letters (a Kelvin
+    sign lowers to "k" and joins the letters after it); text holding one is always looked at for names."""
     raw = text.encode("utf-8", "surrogatepass")
     if text.isascii():
         hits = m.lowered_keys.intersection(raw.translate(_LETTERS_LOWER).split())
@@ -125,7 +128,7 @@ def group_mask(text: str, m: Matchers) -> int:
         names = not m.lowered_names.isdisjoint(hits)
     else:
         hits = m.lowered_keys.intersection(text.lower().encode("utf-8", "surrogatepass").translate(_LETTERS).split())
-        names = True
+        names = any(c in text for c in LOWER_TO_ASCII) or not m.lowered_names.isdisjoint(hits)
     mask = 0
     for w in m.ascii_insensitive_keys.intersection(hits):
         mask |= m.ascii_insensitive[w]
