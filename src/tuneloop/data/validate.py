@@ -102,7 +102,7 @@ def check_message(i: int, m) -> None:
     if not isinstance(content, str):
         raise Rejection("content_not_string", f"messages[{i}].content",
                         f"message {i} content is a {type(content).__name__}, not a string")
-    if not content.isascii() and not valid_utf8(content):
+    if not valid_utf8(content):
         raise Rejection("invalid_utf8", f"messages[{i}].content", f"message {i} content holds invalid UTF-8")
     if not content or content.isspace():  # (strip() would copy the text)
         raise Rejection("empty_content", f"messages[{i}].content", f"message {i} content is empty or whitespace")
