@@ -100,8 +100,9 @@ def matchers(terms: dict) -> Matchers:
     heads_ok = all(h.isascii() and h.isalpha() for h in heads)
     lowered_names = frozenset(k.lower() for k in ascii_se)
     phrase_heads = frozenset(h.encode("ascii") for h in heads) if heads_ok else None
-    return Matchers(names, insensitive, sensitive, phrases, ascii_in, ascii_se, frozenset(ascii_in), frozenset(ascii_se),
-                    frozenset(ascii_in) | lowered_names | (phrase_heads or frozenset()), lowered_names, phrase_heads)
+    keys_in = frozenset(ascii_in)
+    return Matchers(names, insensitive, sensitive, phrases, ascii_in, ascii_se, keys_in, frozenset(ascii_se),
+                    keys_in | lowered_names | (phrase_heads or frozenset()), lowered_names, phrase_heads)
 
 
 LOWER_TO_ASCII = "\u0130\u212a"  # the non-ASCII characters whose lower() holds an ASCII letter (a test scans them all)
@@ -120,8 +121,8 @@ def group_mask(text: str, m: Matchers) -> int:
     when the lowered text holds a lowercased name, and phrases when it holds a phrase's first word. Lowering
     keeps [A-Za-z] runs where they were except for the two characters that lower to ASCII letters (a Kelvin
     sign lowers to "k" and joins the letters after it); text holding one is always looked at for names."""
-    raw = text.encode("utf-8", "surrogatepass")
-    if text.isascii():
+    raw = text.encode("ascii") if text.isascii() else None  # (other text is encoded only to look for names)
+    if raw is not None:
         hits = m.lowered_keys.intersection(raw.translate(_LETTERS_LOWER).split())
         if not hits:
             return 0 if m.phrase_heads is not None else _phrases(text.lower(), m, 0)
@@ -133,6 +134,7 @@ def group_mask(text: str, m: Matchers) -> int:
     for w in m.ascii_insensitive_keys.intersection(hits):
         mask |= m.ascii_insensitive[w]
     if names:
+        raw = raw if raw is not None else text.encode("utf-8", "surrogatepass")
         for w in m.ascii_sensitive_keys.intersection(raw.translate(_LETTERS).split()):
             mask |= m.ascii_sensitive[w]
     if m.phrase_heads is None or not m.phrase_heads.isdisjoint(hits):

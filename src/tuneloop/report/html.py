@@ -11,7 +11,7 @@ import io
 from pathlib import Path
 
 # The object-oriented API, not pyplot: no global figure registry to leak from a long-running server, no GUI
-# backend to pick, and ~0.25 s less import time (pyplot loads backends and the colormap registry it needs).
+# backend to pick, and a little less import time (~60 ms here: pyplot's own module and backend set-up).
 from matplotlib.figure import Figure
 
 # Shared by the run, eval and data reports; each page adds its own rules after these.
