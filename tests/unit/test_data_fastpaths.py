@@ -445,3 +445,87 @@ PII_PIECES = ["1", "12", "123", "1234", "4111", "0", "9", "-", " ", ".", "+", "(
 def test_pii_hints_only_skip_texts_without_matches_on_soup(text):
     """Digits with every separator the patterns allow, capitals, colons, URL and key shapes, Unicode digits."""
     assert pii.find.__wrapped__(text) == unhinted_find(text)
+
+
+def _chat_rows(n: int, rng) -> list:
+    """Chat rows that are mostly plain (the case _plain_chat takes) with every way of not being plain mixed in:
+    other keys and key orders, odd values, blank/control/mojibake/surrogate content, bad role orders."""
+    texts = bench_like_texts(40) + ["", " ", "\u3000", "\x00", "\x85", "tab\there", "line\nbreak\n\n\n\nend",
+                                    "e\u0301t\u00e9", "&amp;", "\ud800 lone", "ok"]
+
+    def msg(role):
+        m = {"role": role, "content": rng.choice(texts)}
+        r = rng.random()
+        if r < 0.05:
+            m = {"content": m["content"], "role": role}  # other key order: kept in the output
+        elif r < 0.08:
+            m["weight"] = rng.choice([0, 1, 2])
+        elif r < 0.1:
+            m["role"] = rng.choice([None, 3, ["user"], "robot", "User"])
+        elif r < 0.12:
+            m["content"] = rng.choice([None, 5, ["x"], {"a": 1}])
+        elif r < 0.13:
+            del m["content"]
+        return m
+
+    rows = []
+    for _ in range(n):
+        roles = rng.choice([["user", "assistant"], ["system", "user", "assistant"], ["user", "assistant"] * 2,
+                            ["user"], ["assistant", "user"], ["user", "user", "assistant"], ["system"],
+                            ["user", "assistant", "function", "assistant"]])
+        r = rng.random()
+        rows.append({"messages": [msg(x) for x in roles]} if r < 0.95 else
+                    rng.choice([{"messages": []}, {"messages": "hi"}, {"other": 1}, {"messages": [1, 2]}]))
+    return rows
+
+
+def test_plain_chat_path_equals_the_general_path(tmp_path):
+    """_plain_chat gives, for every row it takes, the example (as its spooled line) and dedup text that
+    to_example + clean_example + dedup_text give; it declines every row the general path rejects."""
+    from tuneloop.data import prepare as prep
+    from tuneloop.data.clean import clean_example
+    from tuneloop.data.formats import Row, to_example
+    from tuneloop.data.validate import Rejection
+
+    rng = random.Random(3)
+    stage = prep.Stage(DataConfig(source="x.jsonl", task="generation"), None, tmp_path)
+    taken = declined = 0
+    try:
+        for i, fields in enumerate(_chat_rows(3000, rng)):
+            fields = json.loads(json.dumps(fields))  # what the reader gives (lone surrogates included)
+            row = Row(i + 1, fields, "x.jsonl")
+            plain = prep._plain_chat(stage, row)
+            try:
+                ex = to_example(row, "chat", stage.mapping)
+                clean_example(ex, False, False)
+            except Rejection:
+                assert plain is None
+                declined += 1
+                continue
+            if plain is None:  # a valid row with a field the plain path leaves to the general one
+                assert any(len(m) != 2 for m in fields["messages"])
+                continue
+            taken += 1
+            assert plain[0].to_line() == ex.to_line() and plain[0].meta == ex.meta
+            assert plain[1] == prep.dedup_text(ex, False)
+    finally:
+        stage.close()
+    assert taken > 1000 and declined > 300
+
+
+def test_prepare_with_and_without_the_plain_chat_path_writes_the_same(tmp_path, monkeypatch):
+    rows = _chat_rows(1500, random.Random(4))
+    src = tmp_path / "rows.jsonl"
+    src.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    from tuneloop.data import prepare as prep
+
+    outs = []
+    for k in range(2):
+        if k:
+            monkeypatch.setattr(prep, "_plain_chat", lambda st, row: None)
+        cfg = DataConfig(source=str(src), task="generation", pii="all", dedup="near", train_size=0.8,
+                         validation_size=0.1, test_size=0.1)
+        res = prepare(cfg, None, tmp_path / f"out{k}", 0, load_splits=False)
+        outs.append(({p.name: p.read_bytes() for p in (tmp_path / f"out{k}").iterdir() if p.suffix == ".jsonl"},
+                     res.ledger.to_dict(), {k: v for k, v in res.manifest.items() if k != "created"}))
+    assert outs[0] == outs[1] and outs[0][1]["kept"] > 300

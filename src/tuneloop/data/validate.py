@@ -117,14 +117,14 @@ def check_chat(messages, require_last_assistant: bool = True) -> list:
         raise Rejection("messages_missing", "messages", "'messages' must be a non-empty list of messages")
     for i, m in enumerate(messages):
         check_message(i, m)
-    problem, warnings = _role_verdict(tuple([m["role"] for m in messages]), require_last_assistant)
+    problem, warnings = role_verdict(tuple([m["role"] for m in messages]), require_last_assistant)
     if problem:
         raise Rejection(*problem)
     return list(warnings)
 
 
 @functools.lru_cache(maxsize=1024)  # a file has a few role sequences (user/assistant, system/user/assistant...)
-def _role_verdict(roles: tuple, require_last_assistant: bool) -> tuple:
+def role_verdict(roles: tuple, require_last_assistant: bool) -> tuple:
     """(None or the Rejection's arguments, warning ids) for a sequence of valid roles."""
     try:
         if "assistant" not in roles:
