@@ -529,3 +529,77 @@ def test_prepare_with_and_without_the_plain_chat_path_writes_the_same(tmp_path, 
         outs.append(({p.name: p.read_bytes() for p in (tmp_path / f"out{k}").iterdir() if p.suffix == ".jsonl"},
                      res.ledger.to_dict(), {k: v for k, v in res.manifest.items() if k != "created"}))
     assert outs[0] == outs[1] and outs[0][1]["kept"] > 300
+
+
+# Lines whose ASCII far from mojibake decides nothing, and the lines that would go wrong if the skeleton's
+# context were shorter (ftfy's "Ã quele" lookahead, 5+ characters after the space) or if "&" were let in.
+FAR_CASES = ["vou Ã quele lugar agora mesmo com todos os amigos da escola",
+             "Ã s vezes eu vou para casa com todos os amigos da escola hoje",
+             "Ã quilo que eu disse ontem para todos os amigos da escola hoje",
+             "ok so ＆amp;amp;amp;amp;amp;amp;amp;amp;amp;amp;amp;amp;amp;amp; tail and more words here",
+             "ï¼†amp;amp;amp;amp;amp;amp;amp;amp;amp;amp;amp; tail and more words here and more",
+             "Ã©tÃ© was the word, and then far away in the same line &amp; an entity",
+             "~|^` all four separators in a line with Ã©tÃ© and a long tail of plain words",
+             "a line with a width-mapped ～ tilde (the separator) and more plain words after it",
+             "Greek question mark \u037e and the grave \u1fef that NFC makes ASCII, far from the end of the line",
+             "spaces then mojibake Ã        and spaces and question marks ?? Ã ?? after it and words",
+             "Iâ€™m stuck at the gate for hours now, thanks for nothing"]
+
+
+def _far_lines(n: int, rng) -> list:
+    """Random lines of mojibake runs, short ASCII next to them (consumable spaces and "?", letters the
+    patterns read, separators, entity pieces) and long plain stretches between."""
+    runs = sorted({r for t in bench_like_texts(200) for r in re.findall(r"[^\x00-\x7f]+", t)}) + [
+        "Ã", "Ã ", "â€", "ï¼†", "＆", "～", "\u037e", "\u1fef", "\ufffd", "\x8a", "é", "\u0301", "\u3000", "Ã¯Â¼Â†",
+        "\u2028", "\x85", "ﬁ", "’", "Â\xa0", "Ã©", "Ã\x83Â©", "ðŸ˜€", "Ø", "œ", "\u00ad", "Ð"]
+    near, words = " ?xqueilosamp;&#~|^`w1_.'", ["lorem", "ipsum", "quele", "quilo", "s", "amp;", "?", "  ", "a"]
+    lines = []
+    for _ in range(n):
+        out = [" ".join(rng.choice(words) for _ in range(rng.randrange(8)))]
+        for _ in range(rng.randrange(1, 5)):
+            out.append("".join(rng.choice(runs) for _ in range(rng.randrange(1, 3))))
+            out.append("".join(rng.choice(near) for _ in range(rng.randrange(9))))
+            out.append(" ".join(rng.choice(words) for _ in range(rng.randrange(10))))
+        lines.append("".join(out))
+    return lines
+
+
+def test_lines_repaired_as_their_skeletons_equal_ftfy():
+    lines = FAR_CASES + _far_lines(3000, random.Random(5)) + bench_like_texts(200)
+    cut = [t for t in lines if mojibake.skeleton(t)]
+    assert len(cut) > 1500
+    for t in lines:
+        assert mojibake.fix_text(t) == ftfy_nfc(t), t
+        assert mojibake.fix_text(t + "\n" + t) == ftfy_nfc(t + "\n" + t), t
+
+
+def test_far_cases_need_the_whole_context_and_the_entity_guard(monkeypatch):
+    """The checks above can fail: with less context than ftfy's patterns read, or "&" let through, the skeleton's
+    repair differs from ftfy's on FAR_CASES."""
+    reach, consumable = mojibake._SKELETON
+    monkeypatch.setattr(mojibake, "_SKELETON", (3, consumable))
+    mojibake._fix_skeleton.cache_clear()
+    assert any(mojibake.fix_text(t) != ftfy_nfc(t) for t in FAR_CASES)
+    monkeypatch.setattr(mojibake, "_SKELETON", (reach, consumable))
+    monkeypatch.setattr(mojibake, "_SKELETON_OFF", re.compile(r"[\x00-\x09\x0b-\x1f\x7f]"))  # "&" let in
+    mojibake._fix_skeleton.cache_clear()
+    assert any(mojibake.fix_text(t) != ftfy_nfc(t) for t in FAR_CASES)
+    mojibake._fix_skeleton.cache_clear()
+
+
+def test_lines_with_the_same_skeleton_are_repaired_once():
+    a = "GoogleÕ¢_\x8aÎ_\x86¢s Self-Driving Cars Complete 300K Miles, deemed ready for the road"
+    b = "GoogleÕ¢_\x8aÎ_\x86¢s Self-Driving Trucks drove 9 miles and crashed twice on the road"
+    assert mojibake.skeleton(a)[0] == mojibake.skeleton(b)[0] and mojibake.skeleton(a)[1] != mojibake.skeleton(b)[1]
+    mojibake._fix_skeleton.cache_clear()
+    assert [mojibake.fix_text(t) for t in (a, b)] == [ftfy_nfc(a), ftfy_nfc(b)]
+    assert mojibake._fix_skeleton.cache_info()[:2] == (1, 1)  # (hits, misses)
+    assert mojibake.skeleton("short Ã©") is None and mojibake.skeleton("Ã© " + "x" * 40 + " &amp;") is None
+
+
+def test_max_read_counts_lookarounds_and_refuses_unbounded_patterns():
+    assert mojibake.max_read(re.compile("ab(?=cde)|x{2,5}")) == 5
+    assert mojibake.max_read(re.compile(b"\xc3 (?! |quele|s )")) == 7  # ftfy's A_GRAVE_WORD_RE
+    assert mojibake.max_read(re.compile("(?<=a)b[cd]")) == 3
+    assert mojibake.max_read(re.compile("a+")) is None and mojibake.max_read(re.compile(r"(a)\1")) is None
+    assert mojibake._SKELETON == (7, "\x1a ?")  # ftfy 6.3: its mojibake pattern and A_GRAVE_WORD_RE read 7
