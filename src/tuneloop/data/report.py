@@ -1,4 +1,4 @@
-"""The data report `data/report.html`: one self-contained page (charts as base64 PNG) explaining every row.
+"""The data report `data/report.html`: one self-contained page (charts as inline SVG) explaining every row.
 
     write_data_report(Path("runs/x/data/report.html"), manifest, first_rejection_by_rule, candidates, parts,
                       preview_example, tokenizer)
@@ -15,7 +15,8 @@ import json
 from pathlib import Path
 
 from tuneloop.data.validate import DROP_REASONS, RULES
-from tuneloop.report.html import _table, figure_to_img, subplots, write_page
+from tuneloop.report.html import _table, write_page
+from tuneloop.report.svg import PALETTE, svg_bars, svg_columns, svg_histogram
 
 STYLE = ("body{max-width:960px}td,th{text-align:left;vertical-align:top}pre{background:#f4f4f4;padding:8px;"
          "white-space:pre-wrap;word-break:break-all}.t{background:#c8f0c8;outline:1px solid #8c8}.c{color:#777}"
@@ -33,10 +34,8 @@ def funnel(counts: dict) -> str:
             left -= n
             rows.append([f"- {kind}: {reason}", n, meaning.get(reason, "")])
     rows.append(["= kept (in splits)", counts["kept"], f"checked: {left} == {counts['kept']}"])
-    fig, ax = subplots(figsize=(7, 0.35 * len(rows) + 1))
-    ax.barh([r[0] for r in rows][::-1], [r[1] for r in rows][::-1], color="C0")
-    ax.set_xlabel("rows")
-    return _table(rows, ["stage", "rows", "meaning"]) + figure_to_img(fig)
+    return _table(rows, ["stage", "rows", "meaning"]) + svg_bars([r[0] for r in rows], [r[1] for r in rows],
+                                                                  xlabel="rows")
 
 
 def rejections(examples: dict, counts: dict) -> str:
@@ -57,42 +56,30 @@ def token_histograms(cand, kept: list) -> str:
     answer = [cand.answer_tokens[i] for i in kept]
     if not any(cand.tokens[i] for i in kept):
         return "<p>No tokenizer was given, so tokens were not counted.</p>"
-    fig, axes = subplots(1, 2, figsize=(9, 3))
-    for ax, xs, title in ((axes[0], prompt, "prompt (template + inputs)"), (axes[1], answer, "answer")):
-        ax.hist(xs, bins=40, color="C2")
-        ax.set_title(title)
-        ax.set_xlabel("tokens")
-    return figure_to_img(fig)
+    return "".join(svg_histogram(xs, bins=40, title=title, xlabel="tokens")
+                   for xs, title in ((prompt, "prompt (template + inputs)"), (answer, "answer")))
 
 
 def label_balance(splits: dict) -> str:
     labels = sorted({lab for s in splits.values() for lab in s["labels"] if lab is not None})
     if not labels:
         return "<p>No labels (generation data).</p>"
-    fig, ax = subplots(figsize=(7, 3))
-    width = 0.8 / len(splits)
-    for k, (name, s) in enumerate(splits.items()):
-        n = max(s["n"], 1)
-        ax.bar([x + k * width for x in range(len(labels))], [s["labels"].get(lab, 0) / n for lab in labels],
-               width, label=f"{name} (n={s['n']})")
-    ax.set_xticks([x + width for x in range(len(labels))], labels)
-    ax.set_ylabel("share of split")
-    ax.legend()
-    return figure_to_img(fig)
+    shares = {f"{name} (n={s['n']})": [s["labels"].get(lab, 0) / max(s["n"], 1) for lab in labels]
+              for name, s in splits.items()}
+    return svg_columns(labels, shares, ylabel="share of split")
 
 
 def identity_chart(audit: dict) -> str:
     groups = {g: v for g, v in audit["groups"].items() if v.get("rows")}
     if not groups:
         return "<p>No identity terms found in the kept rows.</p>"
-    fig, ax = subplots(figsize=(7, 0.3 * len(groups) + 1))
-    ax.barh(list(groups)[::-1], [v["rows"] for v in groups.values()][::-1], color="C4")
-    ax.set_xlabel("kept rows mentioning the group")
     rows = [[g, v["rows"], ", ".join(f"{k}: {r:.2f}" for k, r in v["label_rates"].items())] for g, v in groups.items()]
     flags = "".join(f"<li class='flag'>{_esc(f['group'])}: {_esc(f['label'])} rate {f['rate']:.2f} vs "
                     f"{f['overall']:.2f} overall ({f['rows']} rows)</li>" for f in audit["flags"])
     note = f"<ul>{flags}</ul>" if flags else f"<p>No group deviates by more than {audit['threshold']}.</p>"
-    return figure_to_img(fig) + _table(rows, ["group", "rows", "label rates"]) + note
+    chart = svg_bars(list(groups), [v["rows"] for v in groups.values()], xlabel="kept rows mentioning the group",
+                     color=PALETTE[4])
+    return chart + _table(rows, ["group", "rows", "label rates"]) + note
 
 
 def masking_preview(ex, tokenizer) -> str:
