@@ -46,11 +46,13 @@ def _clean_text(text: str, single_line: bool, strip_html: bool) -> str:
     text = _CONTROL.sub("", text.replace("\r\n", "\n").replace("\r", "\n"))
     if single_line:
         return " ".join(text.split())
+    if "\n" not in text:  # one line (most texts): no per-line list, no blank-line pass
+        return " ".join(text.split()) if text.isascii() else _SPACES.sub(" ", text).strip()
     if text.isascii():  # its only whitespace within a line is now " " and "\t": split() does what _SPACES + strip do
         text = "\n".join(" ".join(line.split()) for line in text.split("\n"))
     else:
         text = "\n".join(_SPACES.sub(" ", line).strip() for line in text.split("\n"))
-    return _NEWLINES.sub("\n\n", text).strip()
+    return _NEWLINES.sub("\n\n", text).strip() if "\n\n\n" in text else text.strip()
 
 
 def clean_example(ex, single_line: bool, strip_html: bool) -> None:

@@ -465,22 +465,25 @@ def skeleton(text: str) -> tuple[str, list, str] | None:
     """(skeleton, cut middles, separator) of a line, or None when it has no middle to cut or may not be cut."""
     if _SKELETON is None or _SKELETON_OFF.search(text):
         return None
-    sep = next((s for s in _SEPARATORS if s not in text), None)
-    if sep is None:
+    for sep in _SEPARATORS:
+        if sep not in text:
+            break
+    else:
         return None
     reach, consumable = _SKELETON
     parts = _NON_ASCII_RUNS.split(text)  # [ASCII, run, ASCII, ..., run, ASCII]
     out, middles, last = [], [], len(parts) - 1
     for i in range(0, len(parts), 2):
         a = parts[i]
-        # kept after the run before / before the run after: its consumable neighbours, one more, `reach` more
-        keep_head = len(a) - len(a.lstrip(consumable)) + 1 + reach if i else 0
-        keep_tail = len(a) - len(a.rstrip(consumable)) + 1 + reach if i < last else 0
-        if keep_head + keep_tail + 2 <= len(a):  # a middle of at least two characters
-            middles.append(a[keep_head:len(a) - keep_tail])
-            out.append(a[:keep_head] + sep + a[len(a) - keep_tail:])
-        else:
-            out.append(a)
+        # kept after the run before / before the run after: its consumable neighbours, one more, `reach` more;
+        # a part shorter than its bare contexts and a two-character middle is kept whole without looking
+        if len(a) >= ((i > 0) + (i < last)) * (reach + 1) + 2:
+            keep_head = len(a) - len(a.lstrip(consumable)) + 1 + reach if i else 0
+            keep_tail = len(a) - len(a.rstrip(consumable)) + 1 + reach if i < last else 0
+            if keep_head + keep_tail + 2 <= len(a):
+                middles.append(a[keep_head:len(a) - keep_tail])
+                a = a[:keep_head] + sep + a[len(a) - keep_tail:]
+        out.append(a)
         if i < last:
             out.append(parts[i + 1])
     return ("".join(out), middles, sep) if middles else None
@@ -510,6 +513,8 @@ def fix_text(text: str) -> str:
     """NFC(ftfy.fix_text(text, unescape_html=True)): fix_text fixes each "\n"-ended line on its own."""
     if len(text) >= SEGMENT:
         return unicodedata.normalize("NFC", ftfy.fix_text(text, unescape_html=True))
+    if "\n" not in text:  # one line (most texts)
+        return unicodedata.normalize("NFC", fix_segment(text))
     lines = text.split("\n")
     fixed = [fix_segment(line + "\n") for line in lines[:-1]] + ([fix_segment(lines[-1])] if lines[-1] else [])
     return unicodedata.normalize("NFC", "".join(fixed))

@@ -112,6 +112,9 @@ class Stage:
         self.cfg, self.out_dir = cfg, out_dir
         self.mapping = Mapping.from_config(cfg)
         self.quality = QualityRules.from_config(cfg)
+        # the only default rule, repeated lines, needs a line break: one-line texts skip the call (~1 us each)
+        q = self.quality
+        self.quality_always = bool(q.min_chars or q.max_chars or q.min_alpha_ratio)
         self.pii_types = pii.parse_types(cfg.pii)
         self.counter = TokenCounter(tokenizer) if tokenizer is not None else None
         self.ledger, self.cand = Ledger(), Candidates()
@@ -124,6 +127,9 @@ class Stage:
         self.messages_column = self.mapping.columns.get("messages", "messages")
         self.pending: list = []
         self.quarantine = open(out_dir / "rejected.jsonl", "w", encoding="utf-8")
+        # ensure_ascii: a quarantined row may hold lone surrogates that UTF-8 cannot encode; one encoder for
+        # all rows (json.dumps(default=...) builds a new one per call)
+        self.quarantine_json = json.JSONEncoder(default=str)
         self.dropped = open(out_dir / "dropped.jsonl", "w", encoding="utf-8")
         self.spool = open(out_dir / ".candidates.jsonl", "w+b")
 
@@ -139,8 +145,7 @@ class Stage:
         rec = {"rule": r.rule, "file": row.source, "line": row.line, "field": r.field, "message": r.message,
                "row": {k: v for k, v in row.fields.items() if k != "__error__"}}
         self.examples.setdefault(r.rule, rec)
-        # ensure_ascii: a quarantined row may hold lone surrogates that UTF-8 cannot encode
-        self.quarantine.write(json.dumps(rec, default=str) + "\n")
+        self.quarantine.write(self.quarantine_json.encode(rec) + "\n")
 
     def drop(self, line: int, source: str, reason: str, **detail) -> None:
         self.ledger.dropped[reason] += 1
@@ -210,7 +215,7 @@ def _row_pass(st: Stage, row, fmt: str) -> None:
         return st.drop(row.line, row.source, "low_confidence", confidence=ex.meta["confidence"])
     if text is None:
         text = dedup_text(ex, fmt == "classification" or st.mapping.label_from_answer and fmt == "chat")
-    failed = quality_failure(text, st.quality)
+    failed = quality_failure(text, st.quality) if st.quality_always or "\n" in text else None
     if failed:
         return st.drop(row.line, row.source, failed)
     if cfg.dedup != "none":
