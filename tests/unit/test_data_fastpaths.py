@@ -603,3 +603,37 @@ def test_max_read_counts_lookarounds_and_refuses_unbounded_patterns():
     assert mojibake.max_read(re.compile("(?<=a)b[cd]")) == 3
     assert mojibake.max_read(re.compile("a+")) is None and mojibake.max_read(re.compile(r"(a)\1")) is None
     assert mojibake._SKELETON == (7, "\x1a ?")  # ftfy 6.3: its mojibake pattern and A_GRAVE_WORD_RE read 7
+
+
+def test_pass_one_leaves_no_reference_cycles_and_restores_the_collector(tmp_path, monkeypatch):
+    """prepare() pauses the cyclic collector for pass 1: that is only sound if pass 1 (readers, rejections with
+    their exceptions, cleaning, ftfy, spooling) makes no reference cycles, which this checks on a mixed file."""
+    import contextlib
+    import gc
+
+    from tuneloop.data import prepare as prep
+
+    src = tmp_path / "rows.jsonl"
+    src.write_text("".join(json.dumps(r) + "\n" for r in _chat_rows(2000, random.Random(9))) + "{\n[1]\n\"x\"\n")
+    cfg = DataConfig(source=str(src), task="generation", dedup="near", train_size=0.8, validation_size=0.1,
+                     test_size=0.1)
+    prepare(cfg, None, tmp_path / "warm", 0)  # caches and lazy imports filled
+    seen = {}
+    paused = prep.collector_paused
+
+    @contextlib.contextmanager
+    def watched():
+        with paused():
+            yield
+            seen["during"], seen["cycles"] = gc.isenabled(), gc.collect()  # what pass 1 left for the collector
+
+    monkeypatch.setattr(prep, "collector_paused", watched)
+    gc.collect()
+    prepare(cfg, None, tmp_path / "o", 0)
+    assert seen == {"during": False, "cycles": 0} and gc.isenabled()
+    gc.disable()
+    try:
+        prepare(cfg, None, tmp_path / "o2", 0)
+        assert not gc.isenabled()  # left as the caller had it
+    finally:
+        gc.enable()

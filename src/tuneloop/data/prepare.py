@@ -17,6 +17,8 @@ copies spooled lines into the split files. Measured: 1M rows with PII, near-dup 
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import hashlib
 import json
 from array import array
@@ -267,13 +269,29 @@ def prepare(cfg: DataConfig, tokenizer, out_dir: Path, seed: int, *, load_splits
     out_dir.mkdir(parents=True, exist_ok=True)
     st = Stage(cfg, tokenizer, out_dir)
     try:
-        fmt = _stream(st, cfg)
-        _flush(st)
+        with collector_paused():
+            fmt = _stream(st, cfg)
+            _flush(st)
         st.spool.flush()
         return _finish(st, cfg, fmt, tokenizer, seed, load_splits)
     finally:
         st.close()
         (out_dir / ".candidates.jsonl").unlink(missing_ok=True)
+
+
+@contextlib.contextmanager
+def collector_paused():
+    """Python's cyclic garbage collector off for pass 1, back as it was after. Pass 1 allocates ~20 short-lived
+    containers per row and makes no reference cycles (reference counting frees them as usual), yet the collector
+    ran every 700 allocations and walked the growing pass-1 state: 1,520 collections, 0.75 s of a 15.5 s
+    prepare of 200k rows. A test checks that pass 1 leaves no cycle for it on rows of every kind."""
+    was = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was:
+            gc.enable()
 
 
 def _stream(st: Stage, cfg: DataConfig) -> str:
