@@ -25,6 +25,7 @@ from array import array
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from itertools import accumulate
 from pathlib import Path
 
 import numpy as np
@@ -248,16 +249,20 @@ def _flush(st: Stage) -> None:
     c = st.cand
     if st.cfg.dedup == "near" or st.cfg.contamination_threshold > 0:
         c.sigs.append(dedup.minhash([t for _, t, _, _ in keep]))
-    for ex, text, n, a in keep:
-        line = ex.to_line()
-        c.offsets.append(c.spool_end)
-        st.spool.write(line)
-        c.spool_end += len(line)
-        c.lines.append(ex.meta["line"])
-        c.labels.append(st.label_ids.setdefault(ex.label, ex.label))
-        c.tokens.append(n)
-        c.answer_tokens.append(a)
-        c.masks.append(bias.group_mask(text, st.terms))
+    if not keep:
+        return
+    # column by column, and the batch's lines spooled in one write (a write and ~15 attribute loads per row less)
+    lines = [ex.to_line() for ex, _, _, _ in keep]
+    ends = list(accumulate(map(len, lines), initial=c.spool_end))
+    c.offsets.extend(ends[:-1])
+    c.spool_end = ends[-1]
+    st.spool.write(b"".join(lines))
+    c.lines.extend([ex.meta["line"] for ex, _, _, _ in keep])
+    c.labels.extend([st.label_ids.setdefault(ex.label, ex.label) for ex, _, _, _ in keep])
+    c.tokens.extend([n for _, _, n, _ in keep])
+    c.answer_tokens.extend([a for _, _, _, a in keep])
+    terms = st.terms
+    c.masks.extend([bias.group_mask(text, terms) for _, text, _, _ in keep])
 
 
 def prepare(cfg: DataConfig, tokenizer, out_dir: Path, seed: int, *, load_splits: bool = True) -> Prepared:
