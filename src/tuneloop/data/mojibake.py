@@ -471,22 +471,26 @@ def skeleton(text: str) -> tuple[str, list, str] | None:
     else:
         return None
     reach, consumable = _SKELETON
-    parts = _NON_ASCII_RUNS.split(text)  # [ASCII, run, ASCII, ..., run, ASCII]
-    out, middles, last = [], [], len(parts) - 1
-    for i in range(0, len(parts), 2):
-        a = parts[i]
-        # kept after the run before / before the run after: its consumable neighbours, one more, `reach` more;
-        # a part shorter than its bare contexts and a two-character middle is kept whole without looking
-        if len(a) >= ((i > 0) + (i < last)) * (reach + 1) + 2:
-            keep_head = len(a) - len(a.lstrip(consumable)) + 1 + reach if i else 0
-            keep_tail = len(a) - len(a.rstrip(consumable)) + 1 + reach if i < last else 0
-            if keep_head + keep_tail + 2 <= len(a):
-                middles.append(a[keep_head:len(a) - keep_tail])
-                a = a[:keep_head] + sep + a[len(a) - keep_tail:]
-        out.append(a)
-        if i < last:
-            out.append(parts[i + 1])
-    return ("".join(out), middles, sep) if middles else None
+    out, middles, pos = [], [], 0
+    # only ASCII stretches long enough for a context and a two-character middle are looked at (most are not)
+    for part in _long_ascii(reach).finditer(text):
+        a, start, end = part.group(), part.start(), part.end()
+        # kept after the run before / before the run after: its consumable neighbours, one more, `reach` more
+        keep_head = len(a) - len(a.lstrip(consumable)) + 1 + reach if start else 0
+        keep_tail = len(a) - len(a.rstrip(consumable)) + 1 + reach if end < len(text) else 0
+        if keep_head + keep_tail + 2 <= len(a):
+            out += (text[pos:start + keep_head], sep)
+            middles.append(a[keep_head:len(a) - keep_tail])
+            pos = end - keep_tail
+    if not middles:
+        return None
+    out.append(text[pos:])
+    return "".join(out), middles, sep
+
+
+@functools.lru_cache(maxsize=4)
+def _long_ascii(reach: int) -> re.Pattern:
+    return re.compile(f"[\\x00-\\x7f]{{{reach + 3},}}")
 
 
 @functools.lru_cache(maxsize=16384)
