@@ -36,10 +36,18 @@ def _seek_read(f, n: int, pos: int) -> bytes:
 _read_at = _pread if hasattr(os, "pread") else _seek_read  # os.pread: POSIX only
 
 
+# A spool up to this size is read whole and its lines sliced out (no system call per row: ~2 us less each);
+# a larger one (~700k bench rows and up) is read line by line, so memory stays bounded on any file.
+SPOOL_IN_MEMORY = 256 << 20
+
+
 def _spooled(spool, c, i: int) -> bytes:
-    """Candidate i's spooled line: one positioned read of its known length on the unbuffered spool (a buffered
-    seek + readline refilled an 8 KB buffer per row: twice the time; pread is one system call, not two)."""
+    """Candidate i's spooled line: a slice of the spool read whole (bytes), or one positioned read of its known
+    length on the unbuffered spool file (a buffered seek + readline refilled an 8 KB buffer per row: twice the
+    time; pread is one system call, not two)."""
     start, end = c.offsets[i], c.offsets[i + 1] if i + 1 < len(c.offsets) else c.spool_end
+    if isinstance(spool, bytes):
+        return spool[start:end]
     line = _read_at(spool, end - start, start)
     if len(line) != end - start:  # regular files do not read short; if one did, fail rather than corrupt
         raise OSError(f"{spool.name}: read {len(line)} of {end - start} bytes at {start}")
@@ -145,7 +153,8 @@ def write_outputs(st, cfg: DataConfig, parts: dict, info: dict, tokenizer) -> tu
         pairs = bias.swap_pairs()
         cf = (pairs, bias.swap_regex(pairs))
     st.spool.flush()
-    with open(st.spool.name, "rb", buffering=0) as spool:
+    with open(st.spool.name, "rb", buffering=0) as spool_file:
+        spool = spool_file.read() if c.spool_end <= SPOOL_IN_MEMORY else spool_file
         preview = _read(spool, c, parts["train"][0]) if parts["train"] else None
         for name in SPLITS:
             paths[name] = out_dir / f"{name}.jsonl"
