@@ -197,6 +197,19 @@ def test_drop_reasons_and_quality_rules(tmp_path, tokenizer):
     assert len(log) == sum(res.ledger.dropped.values())
 
 
+
+def test_repeated_lines_rule_with_the_default_config(tmp_path):
+    """The default config's only quality rule is repeated lines (0.5): prepare skips the check for texts of one
+    or two lines and must still drop a text of repeated lines, however its turns split them."""
+    turns = [("a\na", "a"), ("spam\nspam", "spam"), ("x\ny", "z"), ("q", "r\nr\nr\nr")]  # 2/3, 2/3, 0, 3/5 repeated
+    p = tmp_path / "d.jsonl"
+    p.write_text("".join(json.dumps({"messages": [{"role": "user", "content": u}, {"role": "assistant",
+                                                                                  "content": a}]}) + "\n"
+                         for u, a in turns))
+    res = prepare(DataConfig(source=str(p), task="generation", train_size=1.0, validation_size=0, test_size=0),
+                  None, tmp_path / "o", 0)
+    assert res.ledger.kept == 1 and dict(res.ledger.dropped) == {"quality:repeated_lines": 3}
+
 ROW_KINDS = st.sampled_from(["good", "dup", "bad_json", "no_assistant", "empty", "short", "label"])
 
 

@@ -90,7 +90,7 @@ def quality_failure(text: str, q: QualityRules) -> str | None:
         visible = n - text.count(" ") - text.count("\n")
         if visible and sum(c.isalpha() for c in text) / visible < q.min_alpha_ratio:
             return "quality:alpha_ratio"
-    if q.max_repeated_lines < 1.0 and "\n" in text:
+    if q.max_repeated_lines < 1.0 and text.count("\n") >= 2:  # three lines or more (a chat's two turns: one "\n")
         lines = [ln for ln in text.split("\n") if ln.strip()]
         if len(lines) >= 3 and 1 - len(set(lines)) / len(lines) > q.max_repeated_lines:
             return "quality:repeated_lines"

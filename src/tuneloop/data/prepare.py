@@ -115,7 +115,7 @@ class Stage:
         self.cfg, self.out_dir = cfg, out_dir
         self.mapping = Mapping.from_config(cfg)
         self.quality = QualityRules.from_config(cfg)
-        # the only default rule, repeated lines, needs a line break: one-line texts skip the call (~1 us each)
+        # the only default rule, repeated lines, needs 3 lines: texts of 1 or 2 skip the call (~1 us each)
         q = self.quality
         self.quality_always = bool(q.min_chars or q.max_chars or q.min_alpha_ratio)
         self.pii_types = pii.parse_types(cfg.pii)
@@ -218,7 +218,7 @@ def _row_pass(st: Stage, row, fmt: str) -> None:
         return st.drop(row.line, row.source, "low_confidence", confidence=ex.meta["confidence"])
     if text is None:
         text = dedup_text(ex, fmt == "classification" or st.mapping.label_from_answer and fmt == "chat")
-    failed = quality_failure(text, st.quality) if st.quality_always or "\n" in text else None
+    failed = quality_failure(text, st.quality) if st.quality_always or text.count("\n") >= 2 else None
     if failed:
         return st.drop(row.line, row.source, failed)
     if cfg.dedup != "none":
