@@ -545,7 +545,10 @@ FAR_CASES = ["vou Ã quele lugar agora mesmo com todos os amigos da escola",
              "a line with a width-mapped ～ tilde (the separator) and more plain words after it",
              "Greek question mark \u037e and the grave \u1fef that NFC makes ASCII, far from the end of the line",
              "spaces then mojibake Ã        and spaces and question marks ?? Ã ?? after it and words",
-             "Iâ€™m stuck at the gate for hours now, thanks for nothing"]
+             "Iâ€™m stuck at the gate for hours now, thanks for nothing",
+             "a lead byte at the end of the line after a long tail of plain words: À",  # C0 / ED: utf-8-variants
+             "and another one, a long way from the start of this line: í",
+             "Ã\xadtem one\nÃ\x80 and then a second line with its plain words running to the end"]
 
 
 def _far_lines(n: int, rng) -> list:
@@ -576,8 +579,8 @@ def test_lines_repaired_as_their_skeletons_equal_ftfy():
 
 
 def test_far_cases_need_the_whole_context_and_the_entity_guard(monkeypatch):
-    """The checks above can fail: with less context than ftfy's patterns read, or "&" let through, the skeleton's
-    repair differs from ftfy's on FAR_CASES."""
+    """The checks above can fail: with less context than ftfy's patterns read, "&" let through or separators
+    that a repair made taken for cuts, the skeleton's repair differs from ftfy's."""
     reach, consumable = mojibake._SKELETON
     monkeypatch.setattr(mojibake, "_SKELETON", (3, consumable))
     mojibake._fix_skeleton.cache_clear()
@@ -587,6 +590,14 @@ def test_far_cases_need_the_whole_context_and_the_entity_guard(monkeypatch):
     mojibake._fix_skeleton.cache_clear()
     assert any(mojibake.fix_text(t) != ftfy_nfc(t) for t in FAR_CASES)
     mojibake._fix_skeleton.cache_clear()
+    monkeypatch.undo()
+
+    def unchecked(text: str, sep: str) -> list | None:  # without the separator count (made separators pass)
+        fixed, amp = mojibake._fix_and_explain(text)
+        return None if amp else fixed.split(sep)
+
+    monkeypatch.setattr(mojibake, "_fix_skeleton", unchecked)
+    assert any(mojibake.fix_text(t) != ftfy_nfc(t) for t in FAR_CASES + _far_lines(3000, random.Random(5)))
 
 
 def test_lines_with_the_same_skeleton_are_repaired_once():

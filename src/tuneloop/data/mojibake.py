@@ -403,7 +403,10 @@ def _fix_and_explain(text: str) -> tuple[str, bool]:
 # middles cut out and a separator character in their place, and the middles put back. Lines whose skeletons
 # are equal (mojibake spots in the same words: near-duplicate rows, repeated phrases) are repaired once. The
 # skeleton's repair is used only when no pass met "&" (an entity could reach past the context) and the
-# separators come out as they went in (NFC and ftfy's width fix can make a separator character).
+# separators come out as they went in (NFC and ftfy's width fix can make a separator character). Two of ftfy's
+# patterns read arbitrarily far into ASCII, both kept away by _SKELETON_OFF: HTML entities (after "&", which
+# a repair can make, hence the check of each pass) and terminal escapes (after ESC, which no repair makes:
+# decoding gives ASCII only from ASCII bytes, but for utf-8-variants' C0 80 -> NUL).
 
 def max_read(pattern: re.Pattern) -> int | None:
     """The most characters one match can read, consumed or looked at around it, from the parsed pattern; None
