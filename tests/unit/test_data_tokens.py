@@ -8,8 +8,6 @@ from __future__ import annotations
 import random
 import types
 
-import re
-
 import regex
 from tokenizers import Tokenizer, models, normalizers, pre_tokenizers
 from transformers import PreTrainedTokenizerFast

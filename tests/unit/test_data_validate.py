@@ -197,7 +197,6 @@ def test_drop_reasons_and_quality_rules(tmp_path, tokenizer):
     assert len(log) == sum(res.ledger.dropped.values())
 
 
-
 def test_repeated_lines_rule_with_the_default_config(tmp_path):
     """The default config's only quality rule is repeated lines (0.5): prepare skips the check for texts of one
     or two lines and must still drop a text of repeated lines, however its turns split them."""
@@ -209,6 +208,17 @@ def test_repeated_lines_rule_with_the_default_config(tmp_path):
     res = prepare(DataConfig(source=str(p), task="generation", train_size=1.0, validation_size=0, test_size=0),
                   None, tmp_path / "o", 0)
     assert res.ledger.kept == 1 and dict(res.ledger.dropped) == {"quality:repeated_lines": 3}
+
+
+def test_a_column_named_like_an_internal_marker_is_just_a_column(tmp_path):
+    """Reader errors travel in Row.error, not in the fields: a user column "__error__" is data."""
+    good = {"messages": [{"role": "user", "content": "hi there"}, {"role": "assistant", "content": "hello"}]}
+    p = tmp_path / "d.jsonl"
+    p.write_text("".join(json.dumps({**good, "__error__": v}) + "\n" for v in (["invalid_json", "m"], "xy")))
+    res = prepare(DataConfig(source=str(p), task="generation", train_size=1.0, validation_size=0, test_size=0),
+                  None, tmp_path / "o", 0)
+    assert res.ledger.kept == 1 and dict(res.ledger.dropped) == {"duplicate": 1} and not res.ledger.rejected
+
 
 ROW_KINDS = st.sampled_from(["good", "dup", "bad_json", "no_assistant", "empty", "short", "label"])
 

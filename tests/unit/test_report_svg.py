@@ -37,3 +37,15 @@ def test_histogram_bins_follow_numpy():
     counts, _ = np.histogram(xs, bins=10)
     heights = np.array([float(r.get("height")) for r in _rects(svg)])
     assert len(heights) == 10 and np.allclose(heights / heights.max(), counts / counts.max(), atol=1e-2)
+
+
+def test_edge_inputs_stay_valid_svg():
+    assert svg_bars([], []) == ""
+    long = svg_bars(["x" * 200], [5])
+    assert all(float(r.get("width")) >= 0 for r in _rects(long)) and float(ET.fromstring(long).get("width")) > 1400
+    legend = svg_columns(["a"], {"validation (n=20901)": [1.0], "test (n=20901)": [0.0]})
+    xs = [float(r.get("x")) for r in _rects(legend) if float(r.get("height")) == 10]
+    assert xs[1] - xs[0] > 7 * len("validation (n=20901)")  # legend entries do not overlap
+    texts = {t.text for t in ET.fromstring(svg_histogram([0, 2_000_000], bins=2)).iter(f"{NS}text")}
+    assert "2,000,000" in texts and not any("e+" in (t or "") for t in texts)
+    assert _rects(svg_histogram([7, 7, 7], bins=4))  # a constant histogram still draws

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import functools
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from tuneloop.data.mojibake import fix_text
 from tuneloop.data.validate import Rejection
@@ -73,6 +73,11 @@ class QualityRules:
     max_chars: int = 0
     min_alpha_ratio: float = 0.0
     max_repeated_lines: float = 1.0
+    # any rule but repeated lines on (that one needs 3+ lines: without the others, shorter texts pass at once)
+    any_text_rule: bool = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.any_text_rule = bool(self.min_chars or self.max_chars or self.min_alpha_ratio)
 
     @classmethod
     def from_config(cls, cfg) -> "QualityRules":
@@ -81,6 +86,8 @@ class QualityRules:
 
 def quality_failure(text: str, q: QualityRules) -> str | None:
     """The first quality rule the text fails ("quality:<rule>"), or None."""
+    if not q.any_text_rule and (q.max_repeated_lines >= 1.0 or text.count("\n") < 2):
+        return None  # the default config on a one- or two-line text (a chat's turns join with one "\n")
     n = len(text)
     if q.min_chars and n < q.min_chars:
         return "quality:min_chars"
@@ -90,7 +97,7 @@ def quality_failure(text: str, q: QualityRules) -> str | None:
         visible = n - text.count(" ") - text.count("\n")
         if visible and sum(c.isalpha() for c in text) / visible < q.min_alpha_ratio:
             return "quality:alpha_ratio"
-    if q.max_repeated_lines < 1.0 and text.count("\n") >= 2:  # three lines or more (a chat's two turns: one "\n")
+    if q.max_repeated_lines < 1.0 and text.count("\n") >= 2:  # three non-empty lines need two "\n"
         lines = [ln for ln in text.split("\n") if ln.strip()]
         if len(lines) >= 3 and 1 - len(set(lines)) / len(lines) > q.max_repeated_lines:
             return "quality:repeated_lines"

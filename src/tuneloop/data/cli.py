@@ -35,7 +35,7 @@ def _looks_classification(target: str) -> bool:
     from tuneloop.data.formats import detect_format, iter_source
 
     for row in iter_source(target):
-        if "__error__" not in row.fields:
+        if row.error is None:
             return detect_format(row.fields) == "classification"
     return False
 
@@ -62,9 +62,9 @@ def inspect(path: str, fmt: str, limit: int) -> int:
     rules, first, columns, n, warnings = Counter(), {}, Counter(), 0, Counter()
     for row in iter_source(path):
         n += 1
-        if fmt == "auto" and "__error__" not in row.fields:
+        if fmt == "auto" and row.error is None:
             fmt = detect_format(row.fields, mapping)
-        columns.update(k for k in row.fields if k != "__error__")
+        columns.update(row.fields)
         try:
             ex = to_example(row, fmt if fmt != "auto" else "chat", mapping)
             clean_example(ex, fmt == "classification", False)

@@ -230,9 +230,8 @@ def detect_format(fields: dict, mapping: Mapping | None = None) -> str:
 
 def to_example(row: Row, fmt: str, mapping: Mapping) -> Example:
     """Validate one row and convert it; raises Rejection (rule id, field, message)."""
-    if "__error__" in row.fields:
-        rule, msg = row.fields["__error__"]
-        raise Rejection(rule, "", msg)
+    if row.error:
+        raise Rejection(row.error[0], "", row.error[1])
     ex = CONVERTERS[fmt](row.fields, mapping)
     ex.meta.update({"source": row.source, "line": row.line})
     return ex

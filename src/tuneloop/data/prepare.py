@@ -12,7 +12,7 @@ per row only numbers (line, token counts, group mask and spool offset in int64 a
 a 128 x uint32 MinHash signature: ~0.55 KB/row) plus the exact-duplicate table (~0.1 KB/row); pass 2 decides
 near-duplicates, splits and contamination on those arrays (LSH pairs as int64 codes, no signature copies) and
 copies spooled lines into the split files. Measured: 1M rows with PII, near-dup and contamination peak at
-1.17 GB RSS (bench/data_prep.py --memory-rows 1000000).
+1.19 GB RSS (bench/data_prep.py --memory-rows 1000000).
 """
 
 from __future__ import annotations
@@ -115,9 +115,6 @@ class Stage:
         self.cfg, self.out_dir = cfg, out_dir
         self.mapping = Mapping.from_config(cfg)
         self.quality = QualityRules.from_config(cfg)
-        # the only default rule, repeated lines, needs 3 lines: texts of 1 or 2 skip the call (~1 us each)
-        q = self.quality
-        self.quality_always = bool(q.min_chars or q.max_chars or q.min_alpha_ratio)
         self.pii_types = pii.parse_types(cfg.pii)
         self.counter = TokenCounter(tokenizer) if tokenizer is not None else None
         self.ledger, self.cand = Ledger(), Candidates()
@@ -146,7 +143,7 @@ class Stage:
                             "(strict mode; drop data.strict to quarantine bad rows in rejected.jsonl)")
         self.ledger.rejected[r.rule] += 1
         rec = {"rule": r.rule, "file": row.source, "line": row.line, "field": r.field, "message": r.message,
-               "row": {k: v for k, v in row.fields.items() if k != "__error__"}}
+               "row": row.fields}
         self.examples.setdefault(r.rule, rec)
         self.quarantine.write(self.quarantine_json.encode(rec) + "\n")
 
@@ -218,7 +215,7 @@ def _row_pass(st: Stage, row, fmt: str) -> None:
         return st.drop(row.line, row.source, "low_confidence", confidence=ex.meta["confidence"])
     if text is None:
         text = dedup_text(ex, fmt == "classification" or st.mapping.label_from_answer and fmt == "chat")
-    failed = quality_failure(text, st.quality) if st.quality_always or text.count("\n") >= 2 else None
+    failed = quality_failure(text, st.quality)
     if failed:
         return st.drop(row.line, row.source, failed)
     if cfg.dedup != "none":
@@ -289,7 +286,8 @@ def collector_paused():
     """Python's cyclic garbage collector off for pass 1, back as it was after. Pass 1 allocates ~20 short-lived
     containers per row and makes no reference cycles (reference counting frees them as usual), yet the collector
     ran every 700 allocations and walked the growing pass-1 state: 1,520 collections, 0.75 s of a 15.5 s
-    prepare of 200k rows. A test checks that pass 1 leaves no cycle for it on rows of every kind."""
+    prepare of 200k rows. A test checks that pass 1 leaves no cycle for it on rows of every kind. (The switch is
+    process-wide: other threads' garbage waits for pass 1 to end too.)"""
     was = gc.isenabled()
     gc.disable()
     try:
@@ -303,7 +301,7 @@ def _stream(st: Stage, cfg: DataConfig) -> str:
     fmt = cfg.format
     for row in iter_source(cfg.source, cfg.max_row_bytes):
         st.ledger.input += 1
-        if fmt == "auto" and "__error__" not in row.fields:
+        if fmt == "auto" and row.error is None:
             fmt = detect_format(row.fields, st.mapping)
             check_columns(arrow_columns(Path(cfg.source)) if not cfg.source.startswith("bundled:") else None,
                           fmt, st.mapping, cfg.source)

@@ -4,8 +4,8 @@
         ...
 
 Readers never hold a whole file in memory (JSON arrays excepted: that format has no streaming boundary) and
-never crash on one bad row: a row that cannot be decoded comes back as `fields={"__error__": (rule, message)}`
-and the validation step turns it into a rejection with that rule id. Line numbers are 1-based physical lines
+never crash on one bad row: a row that cannot be decoded comes back with `error=(rule, message)` (and no
+fields) and the validation step turns it into a rejection with that rule id. Line numbers are 1-based physical lines
 in text files (a quoted CSV field with newlines maps to the line where its record ends) and 1-based row
 numbers in Parquet, Arrow and JSON arrays.
 """
@@ -39,10 +39,11 @@ class Row:
     line: int
     fields: dict
     source: str = ""
+    error: tuple | None = None  # (rule id, message) for a record that could not be read; fields is then {}
 
 
 def _error(line: int, source: str, rule: str, message: str) -> Row:
-    return Row(line, {"__error__": (rule, message)}, source)
+    return Row(line, {}, source, (rule, message))
 
 
 def check_path(path: Path) -> None:

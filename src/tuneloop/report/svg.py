@@ -29,9 +29,17 @@ def _text(x: float, y: float, s, anchor: str = "start", extra: str = "") -> str:
     return f'<text x="{x:.1f}" y="{y:.1f}" text-anchor="{anchor}"{extra}>{html.escape(str(s))}</text>'
 
 
+def _num(x: float) -> str:
+    """An axis number: thousands separated, no exponent (2,000,000 rather than 2e+06)."""
+    return f"{x:,.0f}" if abs(x) >= 10 else f"{x:.2g}"
+
+
 def svg_bars(labels: list, values: list, *, xlabel: str = "", color: str = PALETTE[0], width: int = 680) -> str:
-    """Horizontal bars, one labelled row per value, the value written at the bar's end."""
+    """Horizontal bars, one labelled row per value, the value written at the bar's end ("" for no values)."""
+    if not labels:
+        return ""
     row, left = 22, CHAR_W * max(len(str(lab)) for lab in labels) + 12
+    width = max(width, left + 190)  # a long label widens the chart rather than squeezing the bars away
     span = width - left - 90  # room for the value text after the longest bar
     top = max(max(values), 1)
     body = []
@@ -55,10 +63,11 @@ def svg_columns(categories: list, series: dict, *, ylabel: str = "", width: int 
     group = plot_w / max(len(categories), 1)
     bar = 0.8 * group / max(len(series), 1)
     body = [f'<line x1="{left}" y1="{top_pad + plot_h}" x2="{width - 10}" y2="{top_pad + plot_h}" stroke="#888"/>']
+    legend_x = left
     for s, (name, values) in enumerate(series.items()):
         color = PALETTE[s % len(PALETTE)]
-        body += [f'<rect x="{left + 140 * s}" y="6" width="10" height="10" fill="{color}"/>',
-                 _text(left + 140 * s + 14, 15, name)]
+        body += [f'<rect x="{legend_x}" y="6" width="10" height="10" fill="{color}"/>', _text(legend_x + 14, 15, name)]
+        legend_x += 14 + CHAR_W * len(str(name)) + 16
         for k, v in enumerate(values):
             h = plot_h * v / top
             x = left + k * group + 0.1 * group + s * bar
@@ -82,12 +91,12 @@ def svg_histogram(values, *, bins: int = 40, title: str = "", xlabel: str = "", 
     top, step = max(int(counts.max()), 1), plot_w / len(counts)
     body = [_text(left + plot_w / 2, 14, title, "middle"),
             f'<line x1="{left}" y1="{top_pad + plot_h}" x2="{left + plot_w}" y2="{top_pad + plot_h}" stroke="#888"/>',
-            _text(left - 4, top_pad + 10, f"{top:,}", "end", ' font-size="10"')]
+            _text(left - 4, top_pad + 10, _num(top), "end", ' font-size="10"')]
     for k, n in enumerate(counts.tolist()):
         h = plot_h * n / top
         body.append(f'<rect x="{left + k * step:.1f}" y="{top_pad + plot_h - h:.1f}" width="{max(step - 1, 1):.1f}" '
                     f'height="{h:.1f}" fill="{color}"/>')
-    body += [_text(left, top_pad + plot_h + 14, f"{round(edges[0], 1):g}", "start", ' font-size="10"'),
-             _text(left + plot_w, top_pad + plot_h + 14, f"{round(edges[-1], 1):g}", "end", ' font-size="10"'),
+    body += [_text(left, top_pad + plot_h + 14, _num(edges[0]), "start", ' font-size="10"'),
+             _text(left + plot_w, top_pad + plot_h + 14, _num(edges[-1]), "end", ' font-size="10"'),
              _text(left + plot_w / 2, height - 4, xlabel, "middle", ' fill="#555"')]
     return _svg(width, height, body)
