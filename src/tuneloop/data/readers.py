@@ -5,9 +5,9 @@
 
 Readers never hold a whole file in memory (JSON arrays excepted: that format has no streaming boundary) and
 never crash on one bad row: a row that cannot be decoded comes back with `error=(rule, message)` (and no
-fields) and the validation step turns it into a rejection with that rule id. Line numbers are 1-based physical lines
-in text files (a quoted CSV field with newlines maps to the line where its record ends) and 1-based row
-numbers in Parquet, Arrow and JSON arrays.
+fields) and the validation step turns it into a rejection with that rule id. Line numbers are 1-based
+physical lines in text files (a quoted CSV field with newlines maps to the line where its record ends) and
+1-based row numbers in Parquet, Arrow and JSON arrays.
 """
 
 from __future__ import annotations
