@@ -155,9 +155,11 @@ def write_outputs(st, cfg: DataConfig, parts: dict, info: dict, tokenizer) -> tu
         cf = (pairs, bias.swap_regex(pairs))
     st.spool.flush()
     with open(st.spool.name, "rb", buffering=0) as spool_file:
-        spool = spool_file.read() if c.spool_end <= SPOOL_IN_MEMORY else spool_file
-        if isinstance(spool, bytes) and len(spool) != c.spool_end:  # as the line by line read: fail, not corrupt
-            raise OSError(f"{st.spool.name}: read {len(spool)} of {c.spool_end} spooled bytes")
+        spool = spool_file
+        if c.spool_end <= SPOOL_IN_MEMORY:
+            spool = spool_file.read()
+            if len(spool) != c.spool_end:  # as the line by line read: fail rather than corrupt
+                raise OSError(f"{st.spool.name}: read {len(spool)} of {c.spool_end} spooled bytes")
         preview = _read(spool, c, parts["train"][0]) if parts["train"] else None
         for name in SPLITS:
             paths[name] = out_dir / f"{name}.jsonl"
