@@ -367,17 +367,17 @@ _FIX_ENCODING_STEP = _fast_step()
 # --- ftfy.fix_and_explain / fix_text --------------------------------------------------------------------------
 
 def _fix_and_explain(text: str) -> tuple[str, bool]:
-    """(ftfy.fix_and_explain(text, unescape_html=True).text, whether a pass began with "&" in the text) for one
-    line, with three skips that change nothing:
+    """(ftfy.fix_and_explain(text, unescape_html=True).text, whether a pass began with more or fewer "&" than
+    the text) for one line, with three skips that change nothing:
     - HTML unescaping only when the text holds "&" (ftfy's entity regex starts with it);
     - fix_encoding not on ASCII text (its first test returns it as is) nor on its own previous output (it
       stops only where one more step changes nothing, so that output is its fixed point);
     - each of the eight per-pass fixers only when the text holds a character it acts on (DOMAINS)."""
-    fixed_point, amp = None, False
+    fixed_point, amps, amp = None, text.count("&"), False
     while True:  # fix_and_explain's loop: whole passes until one changes nothing
         orig = text
+        amp = amp or text.count("&") != amps
         if "&" in text:
-            amp = True
             text = ftfy_fixes.unescape_html(text)
         if text != fixed_point and not text.isascii():
             text = fixed_point = fix_encoding(text)
@@ -387,7 +387,7 @@ def _fix_and_explain(text: str) -> tuple[str, bool]:
                     text = fix(text)
         text = unicodedata.normalize("NFC", text)
         if text == orig:
-            return text, amp
+            return text, amp  # (the text a pass began with: its "&" are counted)
 
 
 # --- the same repair for lines that differ only far from their non-ASCII characters ----------------------------
@@ -402,11 +402,19 @@ def _fix_and_explain(text: str) -> tuple[str, bool]:
 # non-ASCII plus `reach` more is never read nor changed: the line is repaired as its skeleton is, with those far
 # middles cut out and a separator character in their place, and the middles put back. Lines whose skeletons
 # are equal (mojibake spots in the same words: near-duplicate rows, repeated phrases) are repaired once. The
-# skeleton's repair is used only when no pass met "&" (an entity could reach past the context) and the
-# separators come out as they went in (NFC and ftfy's width fix can make a separator character). Two of ftfy's
-# patterns read arbitrarily far into ASCII, both kept away by _SKELETON_OFF: HTML entities (after "&", which
-# a repair can make, hence the check of each pass) and terminal escapes (after ESC, which no repair makes:
-# decoding gives ASCII only from ASCII bytes, but for utf-8-variants' C0 80 -> NUL).
+# skeleton's repair is used only when every pass began with as many "&" as the skeleton (a new one could start
+# an entity reaching past the context) and the separators come out as they went in (NFC and ftfy's width fix
+# can make a separator character). Two of ftfy's patterns read arbitrarily far into ASCII: terminal escapes
+# (after ESC, which no repair makes: decoding gives ASCII only from ASCII bytes, but for utf-8-variants' C0 80
+# -> NUL; kept away by _SKELETON_OFF) and HTML entities, "&#?[0-9A-Za-z]{1,24};". An "&" is inert when what
+# follows it can never become the rest of an entity: an ASCII character other than ";" ends its letters and
+# digits, and no non-ASCII character follows that one. ASCII after a non-consumable ASCII character is never
+# consumed, no fixer acts on printable ASCII, and NFC changes an ASCII character only when a combining mark
+# follows it ("<" + U+0338 -> U+226E), so those characters stay as they are through every pass. A line whose
+# "&" are all inert unescapes to itself in every pass that makes no new "&". A line with an entity is first
+# unescaped, as fix_and_explain's first pass does: when that leaves only inert "&", the loop from there runs
+# as from the line (its first pass's unescaping would change nothing; the loop only compares a pass's output
+# with its input), so the unescaped line is repaired, by its skeleton where it has one.
 
 def max_read(pattern: re.Pattern) -> int | None:
     """The most characters one match can read, consumed or looked at around it, from the parsed pattern; None
@@ -460,13 +468,17 @@ def _skeleton_settings() -> tuple[int, str] | None:
 
 
 _SKELETON = _skeleton_settings()
-_SKELETON_OFF = re.compile(r"[\x00-\x09\x0b-\x1f\x7f&]")  # what rules a line out ("\n" only ends one)
+_SKELETON_OFF = re.compile(r"[\x00-\x09\x0b-\x1f\x7f]")  # what rules a line out ("\n" only ends one)
+# an "&" that is not inert (above), or ftfy's entity pattern is not the one described. (The combining-mark case
+# is a guard: no NFC composition of ASCII found changes a repair; tests show the other cases do.)
+_LIVE_AMP = re.compile(r"&#?[0-9A-Za-z]{0,24}(?:[;\x80-\U0010ffff]|[\x00-\x7f][\x80-\U0010ffff])"
+                       if ftfy_chardata.HTML_ENTITY_RE.pattern == "&#?[0-9A-Za-z]{1,24};" else "&")
 _SEPARATORS = "~|^`"  # printable, not consumable, not part of an entity; one the line does not hold is used
 
 
 def skeleton(text: str) -> tuple[str, list, str] | None:
     """(skeleton, cut middles, separator) of a line, or None when it has no middle to cut or may not be cut."""
-    if _SKELETON is None or _SKELETON_OFF.search(text):
+    if _SKELETON is None or _SKELETON_OFF.search(text) or "&" in text and _LIVE_AMP.search(text):
         return None
     for sep in _SEPARATORS:
         if sep not in text:
@@ -506,6 +518,13 @@ def _fix_skeleton(text: str, sep: str) -> list | None:
 
 def fix_segment(text: str) -> str:
     """ftfy.fix_and_explain(text, unescape_html=True).text for one line (its skeleton's repair when it has one)."""
+    if "&" in text and _LIVE_AMP.search(text):
+        unescaped = ftfy_fixes.unescape_html(text)
+        if _LIVE_AMP.search(unescaped):
+            return _fix_and_explain(text)[0]
+        text = unescaped  # (see above: the loop goes on from here as from the line)
+    if text.isascii() and not _FIXER_CHARS.search(text):
+        return text  # (its "&" are inert: a pass changes nothing)
     cut = skeleton(text)
     pieces = _fix_skeleton(cut[0], cut[2]) if cut else None
     if pieces is None:
