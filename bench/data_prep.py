@@ -8,7 +8,9 @@ and tweet pairs), exact duplicates (case / whitespace changes), near-duplicates 
 bigram Jaccard (positives 0.85-0.97, hard negatives 0.5-0.7), planted PII with gold spans, and broken rows.
 Each prepare() runs in its own process so peak RSS and CPU time are that job's alone; rows/s per core is rows
 divided by the process's CPU seconds (all its threads), the median of --repeat runs (default 3). The fast job
-runs twice: without a tokenizer, and with the default model's (token counts for the too_long rule).
+runs three times: without a tokenizer, with the default model's (token counts for the too_long rule), and with
+ftfy's repair off (data.repair_text: false; not a default, it shows what the repair of the mojibake in ~22% of
+these tweets costs).
 """
 
 from __future__ import annotations
@@ -133,9 +135,10 @@ def build(n: int, seed: int = 0) -> tuple[list, dict]:
     return rows, truth
 
 
-def run_job(path: Path, out: Path, dedup_mode: str, tokenizer: str | None = None) -> dict:
+def run_job(path: Path, out: Path, dedup_mode: str, tokenizer: str | None = None, repair: bool = True) -> dict:
     """prepare() in a child process; returns its wall, CPU seconds and peak RSS. With `tokenizer` (a model
-    spec) the too_long rule counts tokens with that model's tokenizer and chat template (loaded untimed)."""
+    spec) the too_long rule counts tokens with that model's tokenizer and chat template (loaded untimed);
+    `repair` False turns ftfy's repair off (data.repair_text), to show what it costs."""
     code = f"""
 import json, resource, sys, time
 sys.path.insert(0, {str(ROOT / 'src')!r})
@@ -147,7 +150,8 @@ if {tokenizer!r}:
     from tuneloop.models.sources import load_tokenizer, resolve
     tok = load_tokenizer(str(resolve({tokenizer!r}).path))
 cfg = DataConfig(source={str(path)!r}, task="generation", dedup={dedup_mode!r}, pii="all" if {dedup_mode!r} == "near" else "none",
-                 contamination_threshold=0.0 if {dedup_mode!r} == "exact" else 0.7, train_size=0.9, validation_size=0.05, test_size=0.05)
+                 contamination_threshold=0.0 if {dedup_mode!r} == "exact" else 0.7, train_size=0.9, validation_size=0.05, test_size=0.05,
+                 repair_text={repair!r})
 t, c = time.time(), time.process_time()
 res = prepare(cfg, tok, Path({str(out)!r}), 0, load_splits=False)
 print(json.dumps({{"wall_s": time.time() - t, "cpu_s": time.process_time() - c, "counts": res.ledger.to_dict(),
@@ -245,14 +249,15 @@ def main() -> None:
     tmp = Path(tempfile.mkdtemp(prefix="tuneloop-bench-"))
     src = tmp / "rows.jsonl"
     write_rows(rows, src)
-    runs = {"fast": [], "neardup": [], "fast_tokenizer": []}
+    runs = {"fast": [], "neardup": [], "fast_tokenizer": [], "fast_without_repair": []}
     for _ in range(args.repeat):  # alternated, so a slow spell of the machine does not hit one job only
         runs["fast"].append(run_job(src, tmp / "fast", "exact"))
         runs["neardup"].append(run_job(src, tmp / "near", "near"))
         runs["fast_tokenizer"].append(run_job(src, tmp / "tok", "exact", TOKENIZER))
+        runs["fast_without_repair"].append(run_job(src, tmp / "norepair", "exact", repair=False))
     assert all(r["counts"] == v[0]["counts"] for v in runs.values() for r in v), "runs disagree on the counts"
-    fast, full, tok = (sorted(runs[k], key=lambda r: r["cpu_s"])[len(runs[k]) // 2]
-                       for k in ("fast", "neardup", "fast_tokenizer"))
+    fast, full, tok, norepair = (sorted(runs[k], key=lambda r: r["cpu_s"])[len(runs[k]) // 2]
+                                 for k in ("fast", "neardup", "fast_tokenizer", "fast_without_repair"))
     precision, recall = neardup_quality(tmp / "near", rows, truth)
     pii_p, pii_r = pii_quality(truth)
     texts = list(dict.fromkeys(r["messages"][0]["content"] + "\n" + r["messages"][-1]["content"] for r in rows
@@ -268,19 +273,23 @@ def main() -> None:
         "rows_per_s_per_core_fast": round(len(rows) / fast["cpu_s"]),
         "rows_per_s_per_core_neardup": round(len(rows) / full["cpu_s"]),
         "rows_per_s_per_core_fast_with_tokenizer": round(len(rows) / tok["cpu_s"]),
+        "rows_per_s_per_core_fast_without_repair": round(len(rows) / norepair["cpu_s"]),
         "neardup_precision": round(precision, 4), "neardup_recall": round(recall, 4),
         "pii_precision": round(pii_p, 4), "pii_recall": round(pii_r, 4),
         "speedup_vs_datasketch": round(base["datasketch_cpu_s"] / max(base["ours_cpu_s"], 1e-9), 2),
         "peak_rss_mb": round(max(r["peak_rss_mb"] for k in ("fast", "neardup") for r in runs[k])),  # the stage alone
         "machine": {"cpu": cpu, "cores": os.cpu_count()},
         "detail": {"fast": fast, "neardup": full, "fast_tokenizer": {"tokenizer": TOKENIZER, **tok},
+                   "fast_without_repair": norepair,
                    "neardup_job": base,
                    "rows_per_s_per_core_each_run": {k: [round(len(rows) / r["cpu_s"]) for r in v]
                                                     for k, v in runs.items()},
                    "planted": {k: len(v) for k, v in truth.items()}, "threshold": THRESHOLD,
                    "note": "per core = rows / process CPU seconds, median of the runs; fast and neardup run "
                            "without a tokenizer (no too_long rule), fast_tokenizer is the fast job with the "
-                           "default model's tokenizer counting every row's tokens (CPU of all its threads)"},
+                           "default model's tokenizer counting every row's tokens (CPU of all its threads); "
+                           "fast_without_repair is the fast job with data.repair_text off (no ftfy: what the "
+                           "repair of the source's mojibake costs, not a default)"},
     }
     if out.is_file():  # keep the memory run's keys (bench/data_prep.py --memory-rows 1000000)
         old = json.loads(out.read_text())

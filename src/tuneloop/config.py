@@ -43,6 +43,9 @@ class DataConfig:
     strict: bool = doc("Fail on the first invalid row instead of quarantining it in rejected.jsonl.", False)
     max_row_bytes: int = doc("Rows larger than this are rejected (rule row_too_large) without parsing.", 1000000)
     strip_html: bool = doc("Remove HTML tags from text during cleaning.", False)
+    repair_text: bool = doc("Repair text with ftfy (mojibake, HTML entities, curly quotes, ligatures, full-width "
+                            "characters; equal to ftfy 6.3's fix_text); false keeps the characters as they are "
+                            "(NFC, control characters and whitespace are still cleaned).", True)
     min_chars: int = doc("Quality filter: drop rows whose text has fewer characters (0 = off).", 0)
     max_chars: int = doc("Quality filter: drop rows whose text has more characters (0 = off).", 0)
     min_alpha_ratio: float = doc("Quality filter: drop rows whose share of letters is below this (0 = off).", 0.0)

@@ -20,6 +20,25 @@ def test_clean_text():
     assert clean_text("cafe\u0301") == "caf\u00e9"  # NFC
     assert clean_text("<p>Hi <b>there</b></p><script>x()</script>", strip_html=True) == "Hi there"
     assert clean_text("a\n\n\n\nb  c") == "a\n\nb c"
+    # repair off: the characters stay (no ftfy), the rest of the cleaning is the same
+    assert clean_text("Iâ€™m stuck   at JFK\x07 &amp; cold", repair=False) == "Iâ€™m stuck at JFK &amp; cold"
+    assert clean_text("cafe\u0301  ok\r\n", repair=False) == "caf\u00e9 ok"
+
+
+def test_repair_text_off_keeps_characters_through_prepare(tmp_path):
+    src = tmp_path / "chat.jsonl"
+    rows = [{"messages": [{"role": "user", "content": f"Iâ€™m at gate {i} &amp; cafe\u0301"},
+                          {"role": "assistant", "content": "ok"}]} for i in range(40)]
+    src.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    got = {}
+    for repair in (True, False):
+        cfg = DataConfig(source=str(src), task="generation", repair_text=repair, dedup="exact")
+        out = tmp_path / f"out{repair}"
+        res = prepare(cfg, None, out, 0)
+        got[repair] = {ex.messages[0]["content"] for split in res.splits.values() for ex in split}
+        assert json.loads((out / "manifest.json").read_text())["cleaning"]["repair_text"] is repair
+    assert got[True] == {f"I'm at gate {i} & caf\u00e9" for i in range(40)}
+    assert got[False] == {f"Iâ€™m at gate {i} &amp; caf\u00e9" for i in range(40)}
 
 
 def test_pii_precision_recall_on_labelled_set():

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import re
+import unicodedata
 from dataclasses import dataclass, field
 
 from tuneloop.data.mojibake import fix_text
@@ -22,24 +23,27 @@ _TAGS = re.compile(r"<(script|style)\b.*?</\1\s*>|<!--.*?-->|</?[A-Za-z][^<>]{0,
 _UNTIDY_CHARS = re.compile(r"[\x00-\x1f\x7f-\xa0\u1680\u2000-\u200b\u2028\u2029\u202f\u205f\u3000]")
 
 
-def clean_text(text: str, single_line: bool = False, strip_html: bool = False) -> str:
-    """Repair mojibake and HTML entities (ftfy), NFC-normalize, drop control characters, tidy whitespace."""
+def clean_text(text: str, single_line: bool = False, strip_html: bool = False, repair: bool = True) -> str:
+    """Repair mojibake and HTML entities (ftfy; `repair`), NFC-normalize, drop control characters, tidy
+    whitespace."""
     # Printable ASCII (most rows of most files) holds no control character, tab or line break: without '&'
     # (entity) or markup to strip, all that can change is spaces, so strip() or, with double spaces, one split
     # and join is the whole pass below (~0.3 us; the cache lookup alone cost ~1 us per row)
-    if text.isascii() and text.isprintable() and "&" not in text and not strip_html:
+    if text.isascii() and text.isprintable() and ("&" not in text or not repair) and not strip_html:
         return " ".join(text.split()) if "  " in text else text.strip()
-    return _clean_text(text, single_line, strip_html)
+    return _clean_text(text, single_line, strip_html, repair)
 
 
 @functools.lru_cache(maxsize=4096)  # system instructions and labels repeat on every row
-def _clean_text(text: str, single_line: bool, strip_html: bool) -> str:
+def _clean_text(text: str, single_line: bool, strip_html: bool, repair: bool = True) -> str:
     if strip_html:
         text = _TAGS.sub(" ", text)
     # Pure-ASCII text without '&' or ESC holds no mojibake, HTML entity or terminal escape, so it skips ftfy
     # (most rows of most files; isascii() is O(1), `in` a memchr). What ftfy would still change there (control
     # characters, "\r" line breaks) the tidy pass below changes the same way (tested against ftfy on all ASCII).
-    if not text.isascii() or "&" in text or "\x1b" in text:
+    if not repair:
+        text = text if text.isascii() else unicodedata.normalize("NFC", text)
+    elif not text.isascii() or "&" in text or "\x1b" in text:
         text = fix_text(text)  # ftfy, less work (mojibake.py)
     if "  " not in text and not _UNTIDY_CHARS.search(text):
         return text.strip()
@@ -55,13 +59,13 @@ def _clean_text(text: str, single_line: bool, strip_html: bool) -> str:
     return _NEWLINES.sub("\n\n", text).strip() if "\n\n\n" in text else text.strip()
 
 
-def clean_example(ex, single_line: bool, strip_html: bool) -> None:
+def clean_example(ex, single_line: bool, strip_html: bool, repair: bool = True) -> None:
     """Clean every message (and preference `rejected` turn) in place; content empty after cleaning is rejected."""
     for name, turns in (("messages", ex.messages), ("rejected", ex.rejected or [])):
         for i, m in enumerate(turns):
             if not isinstance(m.get("content"), str):
                 continue  # a function call without content
-            m["content"] = clean_text(m["content"], single_line and m["role"] == "user", strip_html)
+            m["content"] = clean_text(m["content"], single_line and m["role"] == "user", strip_html, repair)
             if not m["content"]:
                 raise Rejection("empty_content", f"{name}[{i}].content", f"{name}[{i}] content is empty after "
                                 "cleaning (only control characters, markup or whitespace)")

@@ -171,6 +171,7 @@ def _plain_chat(st: Stage, row) -> tuple | None:
     if type(msgs) is not list or not msgs:
         return None
     turns, roles, trained = [], [], []
+    repair = st.cfg.repair_text
     for m in msgs:
         if type(m) is not dict or len(m) != 2:
             return None
@@ -178,7 +179,7 @@ def _plain_chat(st: Stage, row) -> tuple | None:
         if type(role) is not str or role not in ROLES or type(content) is not str or not content \
                 or content.isspace() or not valid_utf8(content):
             return None
-        text = clean_text(content)
+        text = clean_text(content, False, False, repair)
         if not text:
             return None
         turn = dict(m)  # the file's key order, as the general path's copy keeps it
@@ -204,7 +205,7 @@ def _row_pass(st: Stage, row, fmt: str) -> None:
     else:
         try:
             ex = to_example(row, fmt, st.mapping)
-            clean_example(ex, fmt == "classification", cfg.strip_html)
+            clean_example(ex, fmt == "classification", cfg.strip_html, cfg.repair_text)
         except Rejection as r:
             st.reject(row, r)
             return

@@ -182,6 +182,7 @@ def write_outputs(st, cfg: DataConfig, parts: dict, info: dict, tokenizer) -> tu
         "token_lengths": {name: _length_stats([c.tokens[i] for i in parts[name]]) for name in SPLITS},
         "rules": {rule: RULES[rule] for rule in st.ledger.rejected},
         "warnings": dict(st.warnings),
+        "cleaning": {"repair_text": cfg.repair_text, "strip_html": cfg.strip_html},
         "pii": {"types": list(st.pii_types), "redacted": dict(st.pii_counts)},
         "dedup": {"mode": cfg.dedup, "exact_removed": st.ledger.dropped.get("duplicate", 0),
                   "near_threshold": cfg.near_dup_threshold, **info["near"],
