@@ -108,6 +108,13 @@ def _write_split(path: Path, spool, c, ids: list, weights: dict, extra_ids: list
             data_hash.update(line)
             labels[ex.label] += 1
 
+        if not cf and not weights and isinstance(spool, bytes):  # every line as spooled: sliced 4096 at a time
+            starts, ends = c.offsets, c.ends()
+            for k in range(0, len(ids), 4096):
+                copied += [spool[starts[i]:ends[i]] for i in ids[k:k + 4096]]
+                flush()
+            labels.update(map(c.labels.__getitem__, ids))
+            ids = ()
         for i in ids:
             if not cf and i not in weights:  # the spooled line is already this row's output line
                 copied.append(_spooled(spool, c, i))
@@ -141,8 +148,8 @@ def write_outputs(st, cfg: DataConfig, parts: dict, info: dict, tokenizer) -> tu
     names = st.terms.names
     split_of = {i: name for name, ids in parts.items() for i in ids}
     kept = sorted(split_of)
-    audit = bias.audit([c.labels[i] or "" for i in kept], [c.masks[i] for i in kept], [split_of[i] for i in kept],
-                       names, cfg.audit_threshold)
+    audit = bias.audit([lab or "" for lab in map(c.labels.__getitem__, kept)], list(map(c.masks.__getitem__, kept)),
+                       list(map(split_of.__getitem__, kept)), names, cfg.audit_threshold)
     mitigations: dict = {"counterfactual": cfg.counterfactual, "group_balance": cfg.group_balance}
     paths, data_hash, split_info = {}, hashlib.sha256(), {}
     weights, extra = {}, []
