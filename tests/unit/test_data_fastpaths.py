@@ -15,6 +15,7 @@ import csv
 import json
 import random
 import re
+import sys
 import unicodedata
 import zlib
 
@@ -322,6 +323,34 @@ def reference_pairs(sigs: np.ndarray, bands: int, rows: int) -> set:
         for members in buckets.values():
             out |= {(m, members[0]) for m in members[1:]} | {(m, p) for p, m in zip(members, members[1:])}
     return out
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.lists(st.sampled_from(["a", "B", " ", "  ", "\n", "\n\n", "\t", "é", "ß", "\u0130", "\u212a", "\u00a0",
+                                 "\u2028", "\u202f", "\u1680", "\u3000", "\ud800", "\x1c", "x y", "Ǆ"]), max_size=12))
+def test_exact_key_is_the_hash_of_the_casefolded_words(parts):
+    text = "".join(parts)
+    assert dedup.exact_key(text) == hash(" ".join(text.casefold().split()).encode("utf-8", "surrogatepass"))
+
+
+def test_no_whitespace_but_the_space_is_printable():
+    """exact_key takes printable text without double or outer spaces as already joined: that needs every
+    whitespace character (what str.split splits on) but " " to be non-printable."""
+    assert not [c for c in map(chr, range(sys.maxunicode + 1)) if c.isspace() and c != " " and c.isprintable()]
+
+
+def test_drop_lines_are_what_json_dumps_writes(tmp_path):
+    from tuneloop.data.prepare import Stage
+
+    stage = Stage(DataConfig(source="x.jsonl"), None, tmp_path)
+    cases = [(3, 'data/é "q"\\.jsonl', "duplicate", {"of_line": 1}), (5, "f", "low_confidence", {"confidence": 0.25}),
+             (7, "f", "too_long", {"tokens": 300, "limit": 256}), (9, "f", "quality:alpha_ratio", {}),
+             (11, "\u2028x", "near_duplicate", {"of_line": 3, "note": "ü", "flag": True})]
+    for line, source, reason, detail in cases:
+        stage.drop(line, source, reason, **detail)
+    stage.close()
+    assert (tmp_path / "dropped.jsonl").read_text().splitlines() == [
+        json.dumps({"line": line, "source": source, "reason": reason, **detail}) for line, source, reason, detail in cases]
 
 
 def test_lsh_codes_match_bucket_dict_and_subset_matches_copy():
