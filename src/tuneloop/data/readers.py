@@ -32,7 +32,7 @@ _DIGITS = b"0123456789"
 ARROW_BATCH = 4096  # rows per Arrow record batch: bounds memory for Parquet / datasets folders
 
 
-@dataclass
+@dataclass(slots=True)  # (one per input row: slots make it ~30% cheaper to build)
 class Row:
     """One input record and where it came from."""
 
