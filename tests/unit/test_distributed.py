@@ -1,8 +1,8 @@
 """Two processes (gloo on CPU) train exactly like one process with the same global batch, for ddp and fsdp.
 
-The fast test forks 2 workers that set the variables torchrun sets (WORLD_SIZE, RANK, LOCAL_RANK, MASTER_*):
-a fresh process importing torch + transformers + peft costs ~15 s on 2 shared cores, a fork nothing. The slow
-test runs the real launcher on this file as a script:
+The fast test forks 2 workers that set the variables torchrun sets (WORLD_SIZE, RANK, LOCAL_RANK, MASTER_*)
+from a fork server that imported this module once: a fresh process importing torch + transformers + peft
+costs ~15 s on 2 shared cores, a fork nothing. The slow test runs the real launcher on this file as a script:
     torchrun --nproc_per_node 2 tests/unit/test_distributed.py MODEL_DIR OUT_DIR ddp fsdp
 """
 
@@ -130,11 +130,17 @@ def single(tiny_lm_dir, tmp_path_factory, one_thread) -> Path:
 
 @pytest.fixture(scope="module")
 def forked(tiny_lm_dir, tmp_path_factory, one_thread) -> Path:
-    """ddp/ and fsdp/ from 2 forked worker processes."""
+    """ddp/ and fsdp/ from 2 worker processes forked from a fork server: a clean single-threaded process that
+    imports this module (torch, transformers, peft) once. Forking pytest itself was cheaper still, but a fork
+    of a process whose earlier tests started thread pools can crash (a worker died of SIGSEGV once in ~8 runs
+    of the suite)."""
+    import multiprocessing
+
     import torch.multiprocessing as mp
 
+    multiprocessing.get_context("forkserver").set_forkserver_preload([__name__])
     out = tmp_path_factory.mktemp("forked")
-    mp.start_processes(_worker, args=(str(tiny_lm_dir), out, _free_port()), nprocs=2, start_method="fork")
+    mp.start_processes(_worker, args=(str(tiny_lm_dir), out, _free_port()), nprocs=2, start_method="forkserver")
     return out
 
 
