@@ -41,7 +41,7 @@ def _clean_text(text: str, single_line: bool, strip_html: bool, repair: bool = T
     # Pure-ASCII text without '&' or ESC holds no mojibake, HTML entity or terminal escape, so it skips ftfy
     # (most rows of most files; isascii() is O(1), `in` a memchr). What ftfy would still change there (control
     # characters, "\r" line breaks) the tidy pass below changes the same way (tested against ftfy on all ASCII).
-    if not repair:
+    if not repair:  # data.repair_text off: the characters as they are, NFC-composed
         text = text if text.isascii() else unicodedata.normalize("NFC", text)
     elif not text.isascii() or "&" in text or "\x1b" in text:
         text = fix_text(text)  # ftfy, less work (mojibake.py)

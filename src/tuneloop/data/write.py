@@ -114,7 +114,7 @@ def _write_split(path: Path, spool, c, ids: list, weights: dict, extra_ids: list
                 copied += [spool[starts[i]:ends[i]] for i in ids[k:k + 4096]]
                 flush()
             labels.update(map(c.labels.__getitem__, ids))
-            ids = ()
+            ids = ()  # (all written: nothing for the row-by-row loop)
         for i in ids:
             if not cf and i not in weights:  # the spooled line is already this row's output line
                 copied.append(_spooled(spool, c, i))
