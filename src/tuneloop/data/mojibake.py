@@ -197,8 +197,8 @@ class _RunLocal:
 
     def __init__(self, pattern: re.Pattern, ascii_consumed: str):
         self.pattern = pattern
-        also = "".join(re.escape(ch) for ch in ascii_consumed)
         if isinstance(pattern.pattern, bytes):
+            also = "".join(re.escape(ch) for ch in ascii_consumed)
             self._stretches = re.compile(f"[\\x80-\\xff][\\x80-\\xff{also}]*".encode("latin-1"))
         else:  # the same classes spelled as negations: re compiles a range up to U+10FFFF slowly (~20 ms)
             rest = "".join(re.escape(chr(c)) for c in range(128) if chr(c) not in ascii_consumed)
@@ -400,9 +400,10 @@ def _fix_and_explain(text: str) -> tuple[str, bool]:
 # the fixers act on non-ASCII, control characters, "\r" and ESC only, NFC composes a non-ASCII mark with the
 # character before it, and encoding questions and round trips leave ASCII as it is. ASCII can turn non-ASCII
 # only where a transcoder consumes it (" ", "?": the "consumable" characters, always next to non-ASCII). So in a
-# line without "&" or control characters, the ASCII beyond the first non-consumable character next to a run of
-# non-ASCII plus `reach` more is never read nor changed: the line is repaired as its skeleton is, with those far
-# middles cut out and a separator character in their place, and the middles put back. Lines whose skeletons
+# line without control characters whose "&" are all inert (below), the ASCII beyond the first non-consumable
+# character next to a run of non-ASCII plus `reach` more is never read nor changed: the line is repaired as its
+# skeleton is, with those far middles cut out and a separator character in their place, and the middles put
+# back. Lines whose skeletons
 # are equal (mojibake spots in the same words: near-duplicate rows, repeated phrases) are repaired once. The
 # skeleton's repair is used only when every pass began with as many "&" as the skeleton (a new one could start
 # an entity reaching past the context) and the separators come out as they went in (NFC and ftfy's width fix
