@@ -605,7 +605,8 @@ def _far_lines(n: int, rng) -> list:
     return lines
 
 
-def test_lines_repaired_as_their_skeletons_equal_ftfy():
+def test_lines_repaired_as_their_skeletons_equal_ftfy(monkeypatch):
+    monkeypatch.setattr(mojibake, "_SMALL", None)  # (small skeletons, tested below, would take most lines)
     lines = FAR_CASES + _far_lines(3000, random.Random(5)) + bench_like_texts(200)
     cut = [t for t in lines if mojibake.skeleton(t)]
     unescaped = [t for t in lines if "&" in t and not mojibake.skeleton(t)
@@ -623,11 +624,13 @@ def test_far_cases_need_the_whole_context_and_the_entity_guard(monkeypatch):
     reach, consumable = mojibake._SKELETON
     lines = FAR_CASES + _far_lines(3000, random.Random(5))
     for name, value in (("_SKELETON", (3, consumable)), ("_LIVE_AMP", re.compile("(?!)"))):
+        monkeypatch.setattr(mojibake, "_SMALL", None)
         monkeypatch.setattr(mojibake, name, value)
         mojibake._fix_skeleton.cache_clear()
         assert any(mojibake.fix_text(t) != ftfy_nfc(t) for t in lines), name
         monkeypatch.undo()
     mojibake._fix_skeleton.cache_clear()
+    monkeypatch.setattr(mojibake, "_SMALL", None)
 
     def uncounted(text: str, sep: str) -> list | None:  # without the check of the passes' "&"
         fixed = mojibake._fix_and_explain(text)[0]
@@ -644,7 +647,8 @@ def test_far_cases_need_the_whole_context_and_the_entity_guard(monkeypatch):
         monkeypatch.undo()
 
 
-def test_lines_with_the_same_skeleton_are_repaired_once():
+def test_lines_with_the_same_skeleton_are_repaired_once(monkeypatch):
+    monkeypatch.setattr(mojibake, "_SMALL", None)
     a = "GoogleÕ¢_\x8aÎ_\x86¢s Self-Driving Cars Complete 300K Miles, deemed ready for the road"
     b = "GoogleÕ¢_\x8aÎ_\x86¢s Self-Driving Trucks drove 9 miles and crashed twice on the road"
     assert mojibake.skeleton(a)[0] == mojibake.skeleton(b)[0] and mojibake.skeleton(a)[1] != mojibake.skeleton(b)[1]
@@ -653,6 +657,90 @@ def test_lines_with_the_same_skeleton_are_repaired_once():
     assert mojibake._fix_skeleton.cache_info()[:2] == (1, 1)  # (hits, misses)
     assert mojibake.skeleton("short Ã©") is None and mojibake.skeleton("Ã© " + "x" * 40 + " &amp;") is None
     assert mojibake.skeleton("Ã© " + "x" * 40 + " & AT&T &#") is not None  # "&" that no pass can unescape
+
+
+# Lines for small skeletons: what a repair makes can read further than what the line had ("Ã\x83" becomes "Ã",
+# whose A_GRAVE_WORD_RE lookahead reads "quele"), an ASCII letter a combining mark composes with, "\r" and "\t"
+# in kept and cut stretches, and the characters read two or more past ("ГўВЂВ.", "Ã quele") or before ("aÃ ").
+SMALL_CASES = ["vou Ã\x83 quele lugar agora mesmo com todos os amigos da escola",
+               "vou Ã\x83Â quilo lugar agora mesmo com todos os amigos",
+               "word Ã© then k\u0327 more words here and there and everywhere",
+               "vou N\u0303 quele lugar agora mesmo com todos os amigos",  # as "A" (its class) + U+0303: "Ã quele"
+               "vou C\u0327\xa7 lugar agora mesmo com todos os amigos",  # "Ç§" is mojibake of "ǧ", "A\u0327§" not
+               "a line\rwith Ã© and a carriage\rreturn far away\r in it Ã© too\r",
+               "tab\tÃ©\there and\tmore words far away from it\t Ã©\t",
+               "text ГўВЂВ.a and then far away words here ГўВЂВ a",
+               "xaÃ  and a lot of words, then zaÃ qualquer, then ok",
+               "Q Ã s vezes and a long tail of words, then Ă quele and √ quilo, ├ s and Г quele"]
+
+
+def test_lines_repaired_as_their_small_skeletons_equal_ftfy():
+    lines = SMALL_CASES + FAR_CASES + _far_lines(3000, random.Random(7)) + bench_like_texts(300)
+    lines += [t.replace(" ", "\r", 3) for t in lines[:400]] + [t.replace(" ", "\t", 2) for t in lines[:400]]
+    cut = [t for t in lines if mojibake.small_skeleton(t)]
+    assert len(cut) > 3000 and sum("\r" in t for t in cut) > 100
+    mojibake._fix_small.cache_clear()
+    for t in lines:
+        assert mojibake.fix_text(t) == ftfy_nfc(t), t
+        assert mojibake.fix_text(t + "\n" + t) == ftfy_nfc(t + "\n" + t), t
+    hits, misses = mojibake._fix_small.cache_info()[:2]
+    assert hits > misses > 1000  # (random lines: most skeletons are new; the bench's tweets share them more)
+
+
+def test_small_skeletons_need_their_reads_classes_and_checks(monkeypatch):
+    """Each part of the small skeleton matters: with fewer characters kept after those ftfy's patterns read past,
+    "q" written as the class of "b", the texts the repair went through not checked, NFC compositions not looked
+    for, or a cut stretch's "\r" kept, some line's repair differs from ftfy's."""
+    lines = SMALL_CASES + FAR_CASES + _far_lines(2000, random.Random(8))
+    mojibake.small_skeleton("Ã")  # (reads ftfy's patterns)
+    after, before, wild_after, wild_before, classes = mojibake._SMALL
+    put_back = mojibake._put_back
+    mutations = {"reads": ("_SMALL", ({}, before, 0, wild_before, classes)),
+                 "classes": ("_SMALL", (after, before, wild_after, wild_before, {**classes, ord("q"): ord("b")})),
+                 "states": ("_cuts_hold", lambda state, sep: True),
+                 "compose": ("_composes_with_ascii", lambda state: False),
+                 "cr": ("_put_back", lambda inner, cuts, cr: put_back(inner, cuts, False))}
+    for name, (attr, value) in mutations.items():
+        monkeypatch.setattr(mojibake, attr, value)
+        mojibake._fix_small.cache_clear()
+        assert any(mojibake.fix_text(t) != ftfy_nfc(t) for t in lines), name
+        monkeypatch.undo()
+    mojibake._fix_small.cache_clear()
+
+
+def test_lines_with_the_same_small_skeleton_are_repaired_once():
+    a = "MicrosoftÕ¢_\x8aÎ_\x86¢s Self-Driving Cars Complete 300K Miles, deemed ready for the road"
+    b = "TwitterÕ¢_\x8aÎ_\x86¢s trucks drove 9 miles and crashed twice on the way"
+    assert mojibake.small_skeleton(a)[0] == mojibake.small_skeleton(b)[0]  # "t" and "r" are one class
+    mojibake._fix_small.cache_clear()
+    assert [mojibake.fix_text(t) for t in (a, b)] == [ftfy_nfc(a), ftfy_nfc(b)]
+    assert mojibake._fix_small.cache_info()[:2] == (1, 1)  # (hits, misses)
+    assert mojibake.small_skeleton("Ã© " + "x" * 40 + " &amp;") is None  # a live "&"
+    assert mojibake.small_skeleton("Ã©\r\nx" + "x" * 40) is None  # "\r\n" could be cut apart
+
+
+def test_small_skeleton_reads_of_ftfys_patterns():
+    after, before, wild_after, wild_before = mojibake._edge_reads(
+        re.compile("[a-z]\\s?[ÃÂ][ ]|ГўВЂВ.[A-Za-z ]|[Œœ][^A-Za-z]"), range(0x80, 0x110000))
+    assert (after[ord("Ã")], before[ord("Ã")], after[ord("В")], after[ord("Œ")]) == (1, 2, 2, 1)
+    assert (wild_after, wild_before) == (1, 1)  # \s, "." and [^A-Za-z] can match any character
+    grave = mojibake._edge_reads(re.compile(b"\xc3 (?! |quele|s )"), mojibake._HIGH_BYTES)
+    assert grave[0] == {0xC3: 6} and grave[1] == {0xC3: 0}
+    assert mojibake._edge_reads(re.compile("a+b"), range(0x80, 0x110000)) is None  # unbounded
+    mojibake.small_skeleton("Ã")
+    after, before, wild_after, wild_before, classes = mojibake._SMALL
+    # ftfy 6.3: characters whose byte is C3 in some single-byte encoding are read 6 past, Cyrillic "В" 2
+    assert {ch for ch, n in after.items() if n > 1} == set("ÃĂĆ√├ГΓВ") and after["В"] == 2
+    assert {ch for ch, n in before.items() if n > 1} == set("ÂÃ")
+    same = {a for a in map(chr, mojibake._CONTEXT) if chr(classes.get(ord(a), ord(a))) == "b"}
+    assert same == set("bcdfghjkmnprtvwxyz")  # a, e, i, l, o, q, s, u: A_GRAVE_WORD_RE's words tell them apart
+    # no character composes under NFC with an ASCII one before it unless it starts with a combining mark
+    for x in range(0x80, 0x30000):
+        ch = chr(x)
+        if unicodedata.combining(unicodedata.normalize("NFD", ch)[0]) or 0xD800 <= x < 0xE000:
+            continue
+        for a in ("a", "<", "k", "A", " "):
+            assert unicodedata.normalize("NFC", a + ch) == a + unicodedata.normalize("NFC", ch), hex(x)
 
 
 def test_max_read_counts_lookarounds_and_refuses_unbounded_patterns():

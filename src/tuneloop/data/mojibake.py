@@ -17,10 +17,14 @@ rebound; ftfy's modules are left as they are), minus work that cannot change the
   skeleton (the ASCII that ftfy's patterns can read next to each run of non-ASCII, the rest cut out) is, and
   skeletons repeat where rows are near-duplicates or mojibake sits in common words (-35% on the bench's
   43,659 non-ASCII texts); a line's HTML entities are unescaped first, as ftfy's first pass does, and an "&"
-  that no later pass can read as an entity does not keep a line from its skeleton.
-Every shortcut is read off ftfy's own patterns and tables at import, falls back to ftfy's plain function
-when the reading finds something it does not cover, and is tested equal to ftfy on real, multilingual,
-mojibake and generated text (tests/unit/test_data_fastpaths.py). Pinned to ftfy 6.3 (pyproject.toml).
+  that no later pass can read as an entity does not keep a line from its skeleton;
+- first a small skeleton (small_skeleton): at each cut only what the patterns can read past the characters
+  beside it, written by class ("t" for "k"), used when the texts its repair went through kept enough at each
+  cut (the bench's 43.9k non-ASCII lines: 6.9k repairs instead of 17.4k; ftfy's part of the fast job -38%
+  instructions).
+Every shortcut is read off ftfy's own patterns and tables (at import, or on first use), falls back to ftfy's
+plain function when the reading finds something it does not cover, and is tested equal to ftfy on real,
+multilingual, mojibake and generated text (tests/unit/test_data_fastpaths.py). Pinned to ftfy 6.3 (pyproject.toml).
 """
 
 from __future__ import annotations
@@ -346,12 +350,14 @@ def _fast_step():
     return _rebound(_STEP, is_bad=is_bad, chardata=chardata, fixes=fixes)
 
 
-def fix_encoding(text: str) -> str:
+def fix_encoding(text: str, states: list | None = None) -> str:
     """ftfy.fix_encoding(text): its loop of one-step repairs until one changes nothing, each step testing for
     mojibake first (ASCII text and text without it come back unchanged)."""
     if _FIX_ENCODING_STEP is None:  # the first step's own test would return text is_bad passes unchanged
         return ftfy.fix_encoding(text, _ENCODING_CONFIG) if is_bad(text) else text
     while True:
+        if states is not None:
+            states.append(text)
         fixed = _FIX_ENCODING_STEP(text, _ENCODING_CONFIG).text
         if fixed == text:
             return text
@@ -368,7 +374,7 @@ _FIX_ENCODING_STEP = _fast_step()
 
 # --- ftfy.fix_and_explain / fix_text --------------------------------------------------------------------------
 
-def _fix_and_explain(text: str) -> tuple[str, bool]:
+def _fix_and_explain(text: str, states: list | None = None) -> tuple[str, bool]:
     """(ftfy.fix_and_explain(text, unescape_html=True).text, whether a pass began with more or fewer "&" than
     the text) for one line, with three skips that change nothing:
     - HTML unescaping only when the text holds "&" (ftfy's entity regex starts with it);
@@ -378,11 +384,13 @@ def _fix_and_explain(text: str) -> tuple[str, bool]:
     fixed_point, amps, amp = None, text.count("&"), False
     while True:  # fix_and_explain's loop: whole passes until one changes nothing
         orig = text
+        if states is not None:  # (what each pass and each encoding step began with, for _fix_small)
+            states.append(text)
         amp = amp or text.count("&") != amps
         if "&" in text:
             text = ftfy_fixes.unescape_html(text)
         if text != fixed_point and not text.isascii():
-            text = fixed_point = fix_encoding(text)
+            text = fixed_point = fix_encoding(text, states)
         if _FIXER_CHARS.search(text):  # one search for the common case of none, then each fixer's own
             for fix, domain in PASS_FIXERS:
                 if domain.search(text):
@@ -422,33 +430,34 @@ def _fix_and_explain(text: str) -> tuple[str, bool]:
 def max_read(pattern: re.Pattern) -> int | None:
     """The most characters one match can read, consumed or looked at around it, from the parsed pattern; None
     for an unbounded or unreadable one."""
+    return _read_width(sre_parser.parse(pattern.pattern, pattern.flags))
+
+
+def _read_width(items) -> int | None:
+    """max_read of a parsed (sub)pattern."""
     c = sre_constants
-
-    def width(items) -> int | None:
-        total = 0
-        for op, av in items:
-            if op in (c.LITERAL, c.NOT_LITERAL, c.IN, c.ANY):
-                w = 1
-            elif op is c.AT:
-                w = 0
-            elif op in (c.MAX_REPEAT, c.MIN_REPEAT) and av[1] != c.MAXREPEAT:
-                w = width(av[2])
-                w = None if w is None else av[1] * w
-            elif op is c.SUBPATTERN:
-                w = width(av[3])
-            elif op is c.BRANCH:
-                ws = [width(b) for b in av[1]]
-                w = None if None in ws else max(ws)
-            elif op in (c.ASSERT, c.ASSERT_NOT):
-                w = width(av[1])
-            else:
-                return None
-            if w is None:
-                return None
-            total += w
-        return total
-
-    return width(sre_parser.parse(pattern.pattern, pattern.flags))
+    total = 0
+    for op, av in items:
+        if op in (c.LITERAL, c.NOT_LITERAL, c.IN, c.ANY):
+            w = 1
+        elif op is c.AT:
+            w = 0
+        elif op in (c.MAX_REPEAT, c.MIN_REPEAT) and av[1] != c.MAXREPEAT:
+            w = _read_width(av[2])
+            w = None if w is None else av[1] * w
+        elif op is c.SUBPATTERN:
+            w = _read_width(av[3])
+        elif op is c.BRANCH:
+            ws = [_read_width(b) for b in av[1]]
+            w = None if None in ws else max(ws)
+        elif op in (c.ASSERT, c.ASSERT_NOT):
+            w = _read_width(av[1])
+        else:
+            return None
+        if w is None:
+            return None
+        total += w
+    return total
 
 
 def _skeleton_settings() -> tuple[int, str] | None:
@@ -519,6 +528,356 @@ def _fix_skeleton(text: str, sep: str) -> list | None:
     return None if amp or len(pieces) != text.count(sep) + 1 else pieces
 
 
+# --- small skeletons: a cut keeps only what ftfy's patterns can read next to the characters beside it -----------
+#
+# The skeleton above keeps `reach` (7) characters past each run's consumable neighbours because some pattern can
+# read that far past some character (A_GRAVE_WORD_RE 6 bytes past "\xc3" + " ", the mojibake pattern 2 past a
+# Cyrillic "В"), so lines whose mojibake sits in the same words still differ there: 17k of the bench's 44k
+# non-ASCII lines had a skeleton no other line shared. A small skeleton keeps after a run ending in character a
+# its consumable neighbours + 1 characters, or READ_AFTER[a] if more; before a run starting with b likewise with
+# READ_BEFORE[b] (the most a match attempt reads past that character through pattern items that can match ASCII,
+# read off the parsed patterns; bytes patterns through the byte each single-byte encoding gives the character).
+# The kept ASCII is written by class (characters every item of every pattern involved treats alike: "t" and "k"
+# are one class, "q" is its own as A_GRAVE_WORD_RE's "quele" tells it apart), so lines that differ only there
+# share a skeleton (6.9k distinct instead of 17k). What a repair makes is read differently ("Ã\x83" becomes "Ã",
+# read 6 past), so the small skeleton's repair is used only when every text a pass or an encoding step began with
+# still keeps that much at each cut, no pass began with another "&" count, no character NFC composes with the
+# ASCII before it followed ASCII (a class stands for letters that compose differently), and each kept stretch
+# came out as it went in; any other line goes on to the skeleton above. Lines may hold "\t" and lone "\r" (the
+# first pass makes each "\r" "\n", in the cut stretches too: _put_back does that for them).
+
+_CONTEXT = [*range(0x20, 0x7F), 0x09, 0x0A, 0x0D]  # the ASCII a small skeleton can hold: no other control character
+_HIGH_BYTES = frozenset([0x1A, *range(0x80, 0x100)])  # bytes of non-ASCII characters (sloppy codecs: 1A for U+FFFD)
+
+
+def _ascii_matches(op, av) -> frozenset | None:
+    """The characters of _CONTEXT the one-character item matches, None for an item this does not read."""
+    c = sre_constants
+    context = frozenset(_CONTEXT)
+    if op is c.LITERAL:
+        return context & {av}
+    if op is c.NOT_LITERAL:
+        return context - {av}
+    if op is c.ANY:
+        return context - {0x0A}
+    if op is not c.IN:
+        return None
+    chars = [chr(x) for x in _CONTEXT]
+    categories = {c.CATEGORY_DIGIT: {ord(ch) for ch in chars if ch.isdigit()},
+                  c.CATEGORY_SPACE: {ord(ch) for ch in chars if ch.isspace()},
+                  c.CATEGORY_WORD: {ord(ch) for ch in chars if ch.isalnum() or ch == "_"}}
+    for yes, no in ((c.CATEGORY_DIGIT, c.CATEGORY_NOT_DIGIT), (c.CATEGORY_SPACE, c.CATEGORY_NOT_SPACE),
+                    (c.CATEGORY_WORD, c.CATEGORY_NOT_WORD)):
+        categories[no] = context - categories[yes]
+    negate, hit = False, set()
+    for o, a in av:
+        if o is c.NEGATE:
+            negate = True
+        elif o is c.LITERAL:
+            hit.add(a)
+        elif o is c.RANGE:
+            hit.update(range(a[0], a[1] + 1))
+        elif o is c.CATEGORY and a in categories:
+            hit |= categories[a]
+        else:
+            return None
+    return context - hit if negate else context & hit
+
+
+def _high(op, av, high: range) -> frozenset | None:
+    """The code points in `high` the item matches; None when it may match others there too (negations,
+    categories, any): a wildcard."""
+    c = sre_constants
+    if op is c.LITERAL:
+        return frozenset((av,) if av in high else ())
+    if op is c.IN and all(o in (c.LITERAL, c.RANGE) for o, _ in av):
+        return frozenset(x for o, a in av for x in ((a,) if o is c.LITERAL else range(a[0], a[1] + 1))
+                         if x in high)
+    return None
+
+
+class _Element(NamedTuple):
+    kind: str  # "char", "ahead", "behind", "begin"
+    item: tuple | None  # (op, av) of a character item
+    width: int  # the most characters it reads
+
+
+def _alternatives(items, limit: int = 4096) -> list | None:
+    """The parsed sequence as flat lists of _Elements, one per way through its alternations; None when it holds
+    anything else than character items, bounded repeats of one, groups, alternations, lookarounds and "^"."""
+    c = sre_constants
+    out = [[]]
+    for op, av in items:
+        if op in (c.LITERAL, c.NOT_LITERAL, c.IN, c.ANY):
+            add = [[_Element("char", (op, av), 1)]]
+        elif op in (c.MAX_REPEAT, c.MIN_REPEAT) and av[1] != c.MAXREPEAT and len(av[2]) == 1 \
+                and av[2][0][0] in (c.LITERAL, c.NOT_LITERAL, c.IN, c.ANY):
+            add = [[_Element("char", av[2][0], av[1])]]
+        elif op is c.SUBPATTERN and not av[1] and not av[2]:
+            add = _alternatives(av[3], limit)
+        elif op is c.BRANCH:
+            add = [alt for branch in av[1] for alt in (_alternatives(branch, limit) or [None])]
+            add = None if None in add else add
+        elif op in (c.ASSERT, c.ASSERT_NOT):
+            width = _read_width(av[1])
+            add = None if width is None else [[_Element("ahead" if av[0] == 1 else "behind", None, width)]]
+        elif op is c.AT and av is c.AT_BEGINNING:
+            add = [[_Element("begin", None, 0)]]
+        else:
+            return None
+        if add is None:
+            return None
+        out = [a + b for a in out for b in add]
+        if len(out) > limit:
+            return None
+    return out
+
+
+def _edge_reads(pattern: re.Pattern, high: range) -> tuple[dict, dict, int, int] | None:
+    """(after, before, wild_after, wild_before): for each code point in `high` that a character item can match,
+    the most characters a match attempt reads after / before it through items that can match ASCII (a read that
+    meets an item no ASCII can match fails on any ASCII there); the wild values for items matching any of them.
+    None when the pattern holds something this does not read."""
+    alts = _alternatives(sre_parser.parse(pattern.pattern, pattern.flags))
+    if alts is None:
+        return None
+    after, before, wild = {}, {}, [0, 0]
+    for alt in alts:
+        ascii_ok = []
+        for e in alt:
+            if e.kind == "char":
+                ok = _ascii_matches(*e.item)
+                if ok is None:
+                    return None
+                ascii_ok.append(bool(ok))
+            else:
+                ascii_ok.append(e.kind != "begin")
+        for i, e in enumerate(alt):
+            if e.kind != "char":
+                continue
+            chars = _high(*e.item, high)
+            if chars == frozenset():
+                continue
+            own = e.width - 1 if ascii_ok[i] else 0  # a repeat's further characters
+            n_after = own
+            for j in range(i + 1, len(alt)):
+                f = alt[j]
+                if f.kind == "behind":
+                    return None  # a lookbehind after a character item could read past it
+                if not ascii_ok[j]:
+                    break
+                n_after += f.width
+            n_before = own
+            for j in range(i - 1, -1, -1):
+                f = alt[j]
+                if f.kind == "ahead":
+                    return None  # a lookahead before a character item could read past it
+                if not ascii_ok[j]:
+                    break
+                n_before += f.width
+            if chars is None:
+                wild[0], wild[1] = max(wild[0], n_after), max(wild[1], n_before)
+            else:
+                for x in chars:
+                    after[x] = max(after.get(x, 0), n_after)
+                    before[x] = max(before.get(x, 0), n_before)
+    return after, before, wild[0], wild[1]
+
+
+def _small_settings() -> tuple | None:
+    """(after, before, wild_after, wild_before, class table for str.translate) read
+    off ftfy's patterns; None when one of them is not read (then there are no small skeletons)."""
+    if _SKELETON is None or _FIX_ENCODING_STEP is None:
+        return None
+    str_patterns = [ftfy_badness.BADNESS_RE]
+    byte_patterns = [ftfy_chardata.ALTERED_UTF8_RE, ftfy_fixes.A_GRAVE_WORD_RE, ftfy_chardata.LOSSY_UTF8_RE]
+    after, before, wild_after, wild_before = {}, {}, 0, 0
+
+    def merge(x: int, a: int, b: int) -> None:
+        after[x], before[x] = max(after.get(x, 0), a), max(before.get(x, 0), b)
+
+    for pattern in str_patterns:
+        read = _edge_reads(pattern, range(0x80, 0x110000))
+        if read is None:
+            return None
+        for x in read[0]:
+            merge(x, read[0][x], read[1][x])
+        wild_after, wild_before = max(wild_after, read[2]), max(wild_before, read[3])
+    # a bytes pattern reads a character through the byte each single-byte encoding gives it (0x1A: U+FFFD)
+    encoders = [(e, m) for e, m in _CHARMAPS.items()]
+    if len(encoders) != len(ftfy_chardata.CHARMAP_ENCODINGS):
+        return None
+    for pattern in byte_patterns:
+        read = _edge_reads(pattern, _HIGH_BYTES)
+        if read is None:
+            return None
+        b_after, b_before, w_after, w_before = read
+        wild_after, wild_before = max(wild_after, w_after), max(wild_before, w_before)
+        for encoding, m in encoders:
+            for ch in m.chars | {"\ufffd"}:
+                try:
+                    byte = ch.encode(encoding)[0]
+                except UnicodeEncodeError:
+                    continue
+                if byte in b_after:
+                    merge(ord(ch), b_after[byte], b_before[byte])
+    # ASCII classes: characters every item of every pattern that reads text (or its bytes) treats alike
+    items = []
+
+    def collect(tree) -> None:
+        c = sre_constants
+        for op, av in tree:
+            if op in (c.LITERAL, c.NOT_LITERAL, c.IN, c.ANY):
+                items.append((op, av))
+            elif op in (c.MAX_REPEAT, c.MIN_REPEAT):
+                collect(av[2])
+            elif op is c.SUBPATTERN:
+                collect(av[3])
+            elif op is c.BRANCH:
+                for b in av[1]:
+                    collect(b)
+            elif op in (c.ASSERT, c.ASSERT_NOT):
+                collect(av[1])
+
+    for pattern in [*str_patterns, *byte_patterns, ftfy_chardata.UTF8_DETECTOR_RE, ftfy_chardata.HTML_ENTITY_RE,
+                    _LIVE_AMP]:
+        collect(sre_parser.parse(pattern.pattern, pattern.flags))
+    singles = set(map(ord, _SKELETON[1] + _SEPARATORS + "\t\n\r&;#"))
+    classes: dict = {}
+    matches = {repr(item): _ascii_matches(*item) for item in items}
+    if None in matches.values():
+        return None
+    for x in _CONTEXT:
+        sig = tuple(x in m for m in matches.values())
+        classes.setdefault((x,) if x in singles else sig, []).append(x)
+    table = {x: members[0] for members in classes.values() for x in members if x != members[0]}
+    # (a character in an explicit class may also be matched by a wildcard item: it reads at least as far)
+    return ({chr(x): max(v, wild_after) for x, v in after.items()},
+            {chr(x): max(v, wild_before) for x, v in before.items()}, wild_after, wild_before, table)
+
+
+_SMALL: tuple | None = ()  # read on first use (reading ftfy's patterns takes ~50 ms): () until then, None: no reading
+_ASCII_STRETCH = re.compile(r"[\x00-\x7f]{2,}")
+# control characters a fixer acts on but "\r" (fix_line_breaks: every "\r" becomes "\n" in the first pass, the cut
+# middles' too, which _put_back does for them; a line with "\r\n" is not cut: a cut could fall between the two)
+_SMALL_OFF = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")  # (a class alone: re scans it ~2x faster)
+_ASCII_TAIL = re.compile(r"[\x00-\x7f]*\Z")
+_ASCII_HEAD = re.compile(r"[\x00-\x7f]*")
+_AFTER_ASCII = re.compile(r"[\x00-\x7f]([^\x00-\x7f])")
+
+
+def small_skeleton(text: str) -> tuple[str, list, str] | None:
+    """(small skeleton, cut stretches, separator) of a line, or None when it has no stretch to cut or may not be
+    cut; a cut stretch is the line's ASCII there but the consumable characters it starts with (what the kept
+    head, separator and kept tail stand for)."""
+    global _SMALL
+    if _SMALL == ():
+        _SMALL = _small_settings()
+    if _SMALL is None or _SMALL_OFF.search(text) or "\r\n" in text or "&" in text and _LIVE_AMP.search(text):
+        return None
+    for sep in _SEPARATORS:
+        if sep not in text:
+            break
+    else:
+        return None
+    after, before, wild_after, wild_before, classes = _SMALL
+    consumable = _SKELETON[1]
+    out, cuts, pos, end_of_text = [], [], 0, len(text)
+    for part in _ASCII_STRETCH.finditer(text):
+        start, end = part.span()
+        a = part.group()
+        n = end - start
+        if start:
+            cons = n - len(a.lstrip(consumable))
+            keep_head = after.get(text[start - 1], wild_after)
+            if keep_head <= cons:
+                keep_head = cons + 1
+        else:
+            cons = keep_head = 0
+        if end < end_of_text:
+            keep_tail = before.get(text[end], wild_before)
+            lead = n - len(a.rstrip(consumable))
+            if keep_tail <= lead:
+                keep_tail = lead + 1
+        else:
+            keep_tail = 0
+        if keep_head + keep_tail < n:
+            out += (text[pos:start + cons], a[cons:keep_head].translate(classes), sep,
+                    a[n - keep_tail:].translate(classes))
+            cuts.append(a[cons:])
+            pos = end
+    if not cuts:
+        return None
+    out.append(text[pos:])
+    return "".join(out), cuts, sep
+
+
+def _cuts_hold(state: str, sep: str) -> bool:
+    """Whether every cut of this text (one a repair began with) still keeps what the patterns can read from the
+    characters next to it."""
+    after, before, wild_after, wild_before, _ = _SMALL
+    consumable = _SKELETON[1]
+    pieces = state.split(sep)
+    for left, right in zip(pieces, pieces[1:]):
+        start = _ASCII_TAIL.search(left).start()
+        if start:  # (a piece with no non-ASCII character reads nothing past its cuts)
+            tail = left[start:]
+            cons = len(tail) - len(tail.lstrip(consumable))
+            if len(tail) < max(cons + 1, after.get(left[start - 1], wild_after)):
+                return False
+        end = _ASCII_HEAD.match(right).end()
+        if end < len(right):
+            head = right[:end]
+            lead = len(head) - len(head.rstrip(consumable))
+            if end < max(lead + 1, before.get(right[end], wild_before)):
+                return False
+    return True
+
+
+def _composes_with_ascii(state: str) -> bool:
+    """Whether a character NFC could compose with the ASCII before it (a combining mark, or one that decomposes
+    to one first) stands after ASCII: a class would stand for characters that compose differently."""
+    for m in _AFTER_ASCII.finditer(state):
+        ch = m.group(1)
+        if unicodedata.combining(ch) or unicodedata.combining(unicodedata.normalize("NFD", ch)[0]):
+            return True
+    return False
+
+
+@functools.lru_cache(maxsize=1 << 16)  # ~400 B an entry
+def _fix_small(text: str, sep: str) -> list | None:
+    """The repaired small skeleton between its kept stretches (the pieces between cuts with the kept heads and
+    tails taken off, each checked to come out as it went in), or None when it may not stand for its lines."""
+    states: list = []
+    fixed, amp = _fix_and_explain(text, states)
+    pieces, originals = fixed.split(sep), text.split(sep)
+    if amp or len(pieces) != len(originals):
+        return None
+    states = dict.fromkeys(states)  # (a pass often begins with what the last step gave)
+    if any(_composes_with_ascii(s) for s in states) or not all(_cuts_hold(s, sep) for s in list(states)[1:]):
+        return None  # (the skeleton itself keeps enough: small_skeleton cut it so)
+    consumable, inner = _SKELETON[1], []
+    for j, (piece, original) in enumerate(zip(pieces, originals)):
+        # kept tail of the cut before (the piece's ASCII start), kept head of the cut after (its ASCII end past
+        # the consumable characters); fix_line_breaks made their "\r" "\n"
+        tail = _ASCII_HEAD.match(original).group() if j else ""
+        head = original[_ASCII_TAIL.search(original).start():].lstrip(consumable) if j < len(pieces) - 1 else ""
+        tail, head = tail.replace("\r", "\n"), head.replace("\r", "\n")
+        if len(piece) < len(tail) + len(head) or not piece.startswith(tail) or not piece.endswith(head):
+            return None
+        inner.append(piece[len(tail):len(piece) - len(head)])
+    return inner
+
+
+def _put_back(inner: list, cuts: list, cr: bool) -> str:
+    """The line from its small skeleton's repair: the repaired pieces with the cut stretches between them as
+    they were (with `cr`, the line holds "\r": fix_line_breaks makes each "\n")."""
+    out = [inner[0]]
+    for stretch, piece in zip(cuts, inner[1:]):
+        out += (stretch.replace("\r", "\n") if cr else stretch, piece)
+    return "".join(out)
+
+
 def fix_segment(text: str) -> str:
     """ftfy.fix_and_explain(text, unescape_html=True).text for one line (its skeleton's repair when it has one)."""
     if "&" in text and _LIVE_AMP.search(text):
@@ -528,6 +887,11 @@ def fix_segment(text: str) -> str:
         text = unescaped  # (see above: the loop goes on from here as from the line)
     if text.isascii() and not _FIXER_CHARS.search(text):
         return text  # (its "&" are inert: a pass changes nothing)
+    small = small_skeleton(text)
+    if small:
+        inner = _fix_small(small[0], small[2])
+        if inner is not None:
+            return _put_back(inner, small[1], "\r" in text)
     cut = skeleton(text)
     pieces = _fix_skeleton(cut[0], cut[2]) if cut else None
     if pieces is None:
