@@ -727,6 +727,7 @@ def test_small_skeleton_reads_of_ftfys_patterns():
     grave = mojibake._edge_reads(re.compile(b"\xc3 (?! |quele|s )"), mojibake._HIGH_BYTES)
     assert grave[0] == {0xC3: 6} and grave[1] == {0xC3: 0}
     assert mojibake._edge_reads(re.compile("a+b"), range(0x80, 0x110000)) is None  # unbounded
+    assert mojibake._edge_reads(re.compile("Ã[é]?[a-z]"), range(0x80, 0x110000))[0][ord("Ã")] == 1  # "Ãb" too
     mojibake.small_skeleton("Ã")
     after, before, wild_after, wild_before, classes = mojibake._SMALL
     # ftfy 6.3: characters whose byte is C3 in some single-byte encoding are read 6 past, Cyrillic "В" 2

@@ -547,6 +547,9 @@ def _fix_skeleton(text: str, sep: str) -> list | None:
 # first pass makes each "\r" "\n", in the cut stretches too: _put_back does that for them).
 
 _CONTEXT = [*range(0x20, 0x7F), 0x09, 0x0A, 0x0D]  # the ASCII a small skeleton can hold: no other control character
+# (ftfy's utf-8-variants decoder also reads "$", the end of the bytes or a final "\n", but the end a skeleton shows
+# next to a run is the line's: a stretch shorter than two characters is never cut, a cut keeps one or more after
+# a run and only cuts a line's last stretch behind what it keeps)
 _HIGH_BYTES = frozenset([0x1A, *range(0x80, 0x100)])  # bytes of non-ASCII characters (sloppy codecs: 1A for U+FFFD)
 
 
@@ -600,6 +603,7 @@ class _Element(NamedTuple):
     kind: str  # "char", "ahead", "behind", "begin"
     item: tuple | None  # (op, av) of a character item
     width: int  # the most characters it reads
+    least: int = 1  # the fewest (a match can pass over an optional item)
 
 
 def _alternatives(items, limit: int = 4096) -> list | None:
@@ -612,7 +616,7 @@ def _alternatives(items, limit: int = 4096) -> list | None:
             add = [[_Element("char", (op, av), 1)]]
         elif op in (c.MAX_REPEAT, c.MIN_REPEAT) and av[1] != c.MAXREPEAT and len(av[2]) == 1 \
                 and av[2][0][0] in (c.LITERAL, c.NOT_LITERAL, c.IN, c.ANY):
-            add = [[_Element("char", av[2][0], av[1])]]
+            add = [[_Element("char", av[2][0], av[1], av[0])]]
         elif op is c.SUBPATTERN and not av[1] and not av[2]:
             add = _alternatives(av[3], limit)
         elif op is c.BRANCH:
@@ -665,7 +669,9 @@ def _edge_reads(pattern: re.Pattern, high: range) -> tuple[dict, dict, int, int]
                 if f.kind == "behind":
                     return None  # a lookbehind after a character item could read past it
                 if not ascii_ok[j]:
-                    break
+                    if f.least:
+                        break
+                    continue  # (an optional item no ASCII matches: a match goes on past it)
                 n_after += f.width
             n_before = own
             for j in range(i - 1, -1, -1):
@@ -673,7 +679,9 @@ def _edge_reads(pattern: re.Pattern, high: range) -> tuple[dict, dict, int, int]
                 if f.kind == "ahead":
                     return None  # a lookahead before a character item could read past it
                 if not ascii_ok[j]:
-                    break
+                    if f.least:
+                        break
+                    continue
                 n_before += f.width
             if chars is None:
                 wild[0], wild[1] = max(wild[0], n_after), max(wild[1], n_before)
