@@ -71,6 +71,18 @@ def test_ascii_gate_equals_ftfy_for_every_ascii_character():
             assert clean.clean_text(text, True) == ungated(text, True), repr(text)
 
 
+def test_whitespace_pass_skipped_only_where_it_changes_nothing():
+    """Non-ASCII text without double spaces or other space characters skips _SPACES.sub (identity there); every
+    whitespace character, alone or doubled, on one line or several, gives what the full pass gives."""
+    spaces = [chr(x) for x in range(0x3001) if chr(x).isspace() or clean._SPACES.match(chr(x))] + ["\x9d"]
+    for c in spaces:
+        for text in (f"é{c}x", f"é {c} x", f"é{c}{c}x", f" é{c}", f"é{c}\nx {c}y", f"é\n{c}x{c}", f"é x\ny z{c}"):
+            want = clean._CONTROL.sub("", text.replace("\r\n", "\n").replace("\r", "\n"))
+            want = "\n".join(clean._SPACES.sub(" ", line).strip() for line in want.split("\n"))
+            want = clean._NEWLINES.sub("\n\n", want).strip()
+            assert clean._clean_text.__wrapped__(text, False, False, False) == want, repr(text)
+
+
 PIECES = ["&amp;", "&lt;", "&gt;", "&#39;", "&#x41;", "&eacute;", "&amp;amp;", "&#10;", "&#9;", "&quot;", "&",
           ";", "#", "a", "Word", " ", "  ", "\t", "\n", "\r\n", "\u2019", "Ã©", "\x07", "&AMP;", "&nbsp;",
           "\u00a0", "\u2028", "\u3000", "\x85", "\u200b", "\u1680", "\x1c", "é", "ﬁ", "Ａ", "\r", "\x1b[31m", "\x1b"]
