@@ -488,14 +488,20 @@ _LIVE_AMP = re.compile(r"&#?[0-9A-Za-z]{0,24}(?:;|[^\x00-\x7f]|[\x00-\x7f][^\x00
 _SEPARATORS = "~|^`"  # printable, not consumable, not part of an entity; one the line does not hold is used
 
 
+def _separator(text: str) -> str | None:
+    """The first of _SEPARATORS the line does not hold (None: it holds all four and is not cut)."""
+    for sep in _SEPARATORS:
+        if sep not in text:
+            return sep
+    return None
+
+
 def skeleton(text: str) -> tuple[str, list, str] | None:
     """(skeleton, cut middles, separator) of a line, or None when it has no middle to cut or may not be cut."""
     if _SKELETON is None or _SKELETON_OFF.search(text) or "&" in text and _LIVE_AMP.search(text):
         return None
-    for sep in _SEPARATORS:
-        if sep not in text:
-            break
-    else:
+    sep = _separator(text)
+    if sep is None:
         return None
     reach, consumable = _SKELETON
     out, middles, pos = [], [], 0
@@ -663,26 +669,11 @@ def _edge_reads(pattern: re.Pattern, high: range) -> tuple[dict, dict, int, int]
             if chars == frozenset():
                 continue
             own = e.width - 1 if ascii_ok[i] else 0  # a repeat's further characters
-            n_after = own
-            for j in range(i + 1, len(alt)):
-                f = alt[j]
-                if f.kind == "behind":
-                    return None  # a lookbehind after a character item could read past it
-                if not ascii_ok[j]:
-                    if f.least:
-                        break
-                    continue  # (an optional item no ASCII matches: a match goes on past it)
-                n_after += f.width
-            n_before = own
-            for j in range(i - 1, -1, -1):
-                f = alt[j]
-                if f.kind == "ahead":
-                    return None  # a lookahead before a character item could read past it
-                if not ascii_ok[j]:
-                    if f.least:
-                        break
-                    continue
-                n_before += f.width
+            # a lookbehind after the item, or a lookahead before it, could read past it: not read
+            n_after = _reads_past(alt, ascii_ok, range(i + 1, len(alt)), own, "behind")
+            n_before = _reads_past(alt, ascii_ok, range(i - 1, -1, -1), own, "ahead")
+            if n_after is None or n_before is None:
+                return None
             if chars is None:
                 wild[0], wild[1] = max(wild[0], n_after), max(wild[1], n_before)
             else:
@@ -690,6 +681,23 @@ def _edge_reads(pattern: re.Pattern, high: range) -> tuple[dict, dict, int, int]
                     after[x] = max(after.get(x, 0), n_after)
                     before[x] = max(before.get(x, 0), n_before)
     return after, before, wild[0], wild[1]
+
+
+def _reads_past(alt: list, ascii_ok: list, order: range, own: int, refused: str) -> int | None:
+    """How many characters a match attempt can read going through alt's elements in `order` from a character
+    item: their widths up to the first that no ASCII matches (an optional one is passed over); None at an
+    element of kind `refused`."""
+    n = own
+    for j in order:
+        f = alt[j]
+        if f.kind == refused:
+            return None
+        if not ascii_ok[j]:
+            if f.least:
+                break
+            continue
+        n += f.width
+    return n
 
 
 def _small_settings() -> tuple | None:
@@ -783,10 +791,8 @@ def small_skeleton(text: str) -> tuple[str, list, str] | None:
         _SMALL = _small_settings()
     if _SMALL is None or _SMALL_OFF.search(text) or "\r\n" in text or "&" in text and _LIVE_AMP.search(text):
         return None
-    for sep in _SEPARATORS:
-        if sep not in text:
-            break
-    else:
+    sep = _separator(text)
+    if sep is None:
         return None
     after, before, wild_after, wild_before, classes = _SMALL
     consumable = _SKELETON[1]
