@@ -25,7 +25,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tuneloop.config import DataConfig
-from tuneloop.data import audit, clean, dedup, mojibake, pii, write
+from tuneloop.data import audit, clean, dedup, mojibake, pii, regex_reads, write
 from tuneloop.data.formats import Example, airline_csv
 from tuneloop.data.prepare import prepare
 from tuneloop.data.readers import read_rows
@@ -174,12 +174,12 @@ def test_fix_encoding_without_ftfys_step_function_uses_its_public_loop(monkeypat
 
 
 def test_badness_reach_reads_patterns_it_covers_and_refuses_others():
-    assert mojibake.badness_reach(re.compile("a?é|xyé|^Ã[ ]")) == (2, 3)
-    assert mojibake.badness_reach(re.compile("x{1,2}é|ab?[é]|[é-ü]")) == (2, 3)
-    assert mojibake.badness_reach(re.compile("x{1,2}é|ab?[é]|[é-ü]|[^ab]é|[\\wé]xé")) == (2, 3)  # negated class, \w: maybe ASCII
+    assert regex_reads.badness_reach(re.compile("a?é|xyé|^Ã[ ]")) == (2, 3)
+    assert regex_reads.badness_reach(re.compile("x{1,2}é|ab?[é]|[é-ü]")) == (2, 3)
+    assert regex_reads.badness_reach(re.compile("x{1,2}é|ab?[é]|[é-ü]|[^ab]é|[\\wé]xé")) == (2, 3)  # negated class, \w: maybe ASCII
     for pattern in ("ab|é", "é|(?=é)é.", "é|é(?!x)", "é|(?:é|a)b", "é|a*é", "é|a+é", "é", "é|üx$", "é|ü\\b", "é|ü(?=x)"):
-        assert mojibake.badness_reach(re.compile(pattern)) is None, pattern
-    assert mojibake.badness_reach(re.compile("é|ö", re.IGNORECASE)) is None
+        assert regex_reads.badness_reach(re.compile(pattern)) is None, pattern
+    assert regex_reads.badness_reach(re.compile("é|ö", re.IGNORECASE)) is None
 
 
 def step_decodes(text: str, encoding: str) -> bool:
@@ -249,16 +249,16 @@ def test_fix_encoding_equals_ftfy_on_encoding_trial_soup(text):
 def test_utf8_clue_search_in_stretches_equals_ftfys_search():
     clues = ftfy.chardata.UTF8_DETECTOR_RE
     local = mojibake._FIX_ENCODING_STEP.__globals__["chardata"].UTF8_DETECTOR_RE
-    assert isinstance(local, mojibake._RunLocal) and local.sub == clues.sub  # other methods: the pattern's own
+    assert isinstance(local, regex_reads.RunLocal) and local.sub == clues.sub  # other methods: the pattern's own
     rng = random.Random(3)
     texts = utf8_texts() + bench_like_texts(200) + ["".join(rng.choices(TRIAL_PIECES, k=8)) for _ in range(3000)]
     assert sum(bool(clues.search(t)) for t in texts) > 500
     for t in texts:
         assert bool(local.search(t)) == bool(clues.search(t)), t
     for pattern in ("a[é]", "é(?=x)", "é?x", "[^a]é", "é$"):  # could start on ASCII, or look past the match end
-        assert mojibake._RunLocal.of(re.compile(pattern)) is not None
-        assert not isinstance(mojibake._RunLocal.of(re.compile(pattern)), mojibake._RunLocal), pattern
-    assert isinstance(mojibake._RunLocal.of(re.compile("(?<!x)(?:[é] |[ü]{2})+")), mojibake._RunLocal)
+        assert regex_reads.RunLocal.of(re.compile(pattern)) is not None
+        assert not isinstance(regex_reads.RunLocal.of(re.compile(pattern)), regex_reads.RunLocal), pattern
+    assert isinstance(regex_reads.RunLocal.of(re.compile("(?<!x)(?:[é] |[ü]{2})+")), regex_reads.RunLocal)
 
 
 def test_altered_utf8_search_in_byte_stretches_equals_ftfys_search():
@@ -266,7 +266,7 @@ def test_altered_utf8_search_in_byte_stretches_equals_ftfys_search():
     spaces: the same match (span) as ftfy's on encoded texts and on random bytes dense in the pattern's own."""
     altered = ftfy.chardata.ALTERED_UTF8_RE
     local = mojibake._FIX_ENCODING_STEP.__globals__["chardata"].ALTERED_UTF8_RE
-    assert isinstance(local, mojibake._RunLocal) and local.sub == altered.sub
+    assert isinstance(local, regex_reads.RunLocal) and local.sub == altered.sub
     rng = random.Random(4)
     leads = (0xC2, 0xC3, 0xC5, 0xCE, 0xD0, 0xD9, 0xE0, 0xE2, 0xE3, 0xF0)  # the pattern's first bytes
     alphabet = [bytes([b]) for b in (*range(0x80, 0x100), *leads * 8, *[0x20] * 40, 0x41, 0x3F, 0x0A, 0x1A, 0xA0)]
@@ -282,12 +282,12 @@ def test_altered_utf8_search_in_byte_stretches_equals_ftfys_search():
 
 
 def test_pattern_reading_for_the_transcoders():
-    read = mojibake.consumed(re.compile(b"[\xc2-\xdf][\x1a]|\x1a|\xc3 (?! |s )"))
+    read = regex_reads.consumed(re.compile(b"[\xc2-\xdf][\x1a]|\x1a|\xc3 (?! |s )"))
     assert (read.first, read.last, read.any, read.ahead) == (
         frozenset({*range(0xC2, 0xE0), 0x1A}), frozenset({0x1A, 0x20}), frozenset({*range(0xC2, 0xE0), 0x1A, 0x20}),
         True)
     for pattern in (b"^\xc3", b"\xc3\\w", b"[^a]", b"\xc3?x", b"(\xc3)\\1"):
-        assert mojibake.consumed(re.compile(pattern)) is None, pattern
+        assert regex_reads.consumed(re.compile(pattern)) is None, pattern
     keep = mojibake._transcoders_keep_apart
     assert keep([re.compile(b"[\xc2-\xdf][ ?]"), re.compile(b"\xe2[\x80-\xbf]\x1a")], " ?\x1a")
     assert not keep([re.compile(b"[\xc2-\xdf]x")], " ?\x1a")  # consumes an ASCII byte left next to runs
@@ -732,20 +732,20 @@ def test_lines_with_the_same_small_skeleton_are_repaired_once():
 
 
 def test_small_skeleton_reads_of_ftfys_patterns():
-    after, before, wild_after, wild_before = mojibake._edge_reads(
+    after, before, wild_after, wild_before = regex_reads.edge_reads(
         re.compile("[a-z]\\s?[ÃÂ][ ]|ГўВЂВ.[A-Za-z ]|[Œœ][^A-Za-z]"), range(0x80, 0x110000))
     assert (after[ord("Ã")], before[ord("Ã")], after[ord("В")], after[ord("Œ")]) == (1, 2, 2, 1)
     assert (wild_after, wild_before) == (1, 1)  # \s, "." and [^A-Za-z] can match any character
-    grave = mojibake._edge_reads(re.compile(b"\xc3 (?! |quele|s )"), mojibake._HIGH_BYTES)
+    grave = regex_reads.edge_reads(re.compile(b"\xc3 (?! |quele|s )"), regex_reads.HIGH_BYTES)
     assert grave[0] == {0xC3: 6} and grave[1] == {0xC3: 0}
-    assert mojibake._edge_reads(re.compile("a+b"), range(0x80, 0x110000)) is None  # unbounded
-    assert mojibake._edge_reads(re.compile("Ã[é]?[a-z]"), range(0x80, 0x110000))[0][ord("Ã")] == 1  # "Ãb" too
+    assert regex_reads.edge_reads(re.compile("a+b"), range(0x80, 0x110000)) is None  # unbounded
+    assert regex_reads.edge_reads(re.compile("Ã[é]?[a-z]"), range(0x80, 0x110000))[0][ord("Ã")] == 1  # "Ãb" too
     mojibake.small_skeleton("Ã")
     after, before, wild_after, wild_before, classes = mojibake._SMALL
     # ftfy 6.3: characters whose byte is C3 in some single-byte encoding are read 6 past, Cyrillic "В" 2
     assert {ch for ch, n in after.items() if n > 1} == set("ÃĂĆ√├ГΓВ") and after["В"] == 2
     assert {ch for ch, n in before.items() if n > 1} == set("ÂÃ")
-    same = {a for a in map(chr, mojibake._CONTEXT) if chr(classes.get(ord(a), ord(a))) == "b"}
+    same = {a for a in map(chr, regex_reads.CONTEXT) if chr(classes.get(ord(a), ord(a))) == "b"}
     assert same == set("bcdfghjkmnprtvwxyz")  # a, e, i, l, o, q, s, u: A_GRAVE_WORD_RE's words tell them apart
     # no character composes under NFC with an ASCII one before it unless it starts with a combining mark
     for x in range(0x80, 0x30000):
@@ -757,10 +757,10 @@ def test_small_skeleton_reads_of_ftfys_patterns():
 
 
 def test_max_read_counts_lookarounds_and_refuses_unbounded_patterns():
-    assert mojibake.max_read(re.compile("ab(?=cde)|x{2,5}")) == 5
-    assert mojibake.max_read(re.compile(b"\xc3 (?! |quele|s )")) == 7  # ftfy's A_GRAVE_WORD_RE
-    assert mojibake.max_read(re.compile("(?<=a)b[cd]")) == 3
-    assert mojibake.max_read(re.compile("a+")) is None and mojibake.max_read(re.compile(r"(a)\1")) is None
+    assert regex_reads.max_read(re.compile("ab(?=cde)|x{2,5}")) == 5
+    assert regex_reads.max_read(re.compile(b"\xc3 (?! |quele|s )")) == 7  # ftfy's A_GRAVE_WORD_RE
+    assert regex_reads.max_read(re.compile("(?<=a)b[cd]")) == 3
+    assert regex_reads.max_read(re.compile("a+")) is None and regex_reads.max_read(re.compile(r"(a)\1")) is None
     assert mojibake._SKELETON == (7, "\x1a ?")  # ftfy 6.3: its mojibake pattern and A_GRAVE_WORD_RE read 7
 
 

@@ -9,10 +9,10 @@ rebound; ftfy's modules are left as they are), minus work that cannot change the
 - fix_and_explain's loop without the steps that provably change nothing (fix_segment);
 - the one-step encoding repair (`_fix_encoding_one_step_and_explain`) given faster equals of its tests: the
   mojibake test searched only near non-ASCII characters (is_bad), the UTF-8 clue search only in stretches
-  of the characters its pattern consumes (_RunLocal), single-byte encodings the step would try but whose
-  UTF-8 decode must fail not offered to it (_worth_trying), its "ascii" question answered by str.isascii,
-  and its repair of UTF-8 pieces embedded in other text remembering the pieces it fixed (tweets repeat
-  them: "äó»_");
+  of the characters its pattern consumes (regex_reads.RunLocal), single-byte encodings the step would try
+  but whose UTF-8 decode must fail not offered to it (_worth_trying), its "ascii" question answered by
+  str.isascii, and its repair of UTF-8 pieces embedded in other text remembering the pieces it fixed
+  (tweets repeat them: "äó»_");
 - lines that differ only far from their non-ASCII characters repaired once: a line is repaired as its
   skeleton (the ASCII that ftfy's patterns can read next to each run of non-ASCII, the rest cut out) is, and
   skeletons repeat where rows are near-duplicates or mojibake sits in common words (-35% on the bench's
@@ -22,9 +22,10 @@ rebound; ftfy's modules are left as they are), minus work that cannot change the
   beside it, written by class ("t" for "k"), used when the texts its repair went through kept enough at each
   cut (the bench's 43.9k non-ASCII lines: 6.9k repairs instead of 17.4k; ftfy's part of the fast job -38%
   instructions).
-Every shortcut is read off ftfy's own patterns and tables (at import, or on first use), falls back to ftfy's
-plain function when the reading finds something it does not cover, and is tested equal to ftfy on real,
-multilingual, mojibake and generated text (tests/unit/test_data_fastpaths.py). Pinned to ftfy 6.3 (pyproject.toml).
+Every shortcut is read off ftfy's own patterns and tables (at import, or on first use; the regex reading is
+data/regex_reads.py), falls back to ftfy's plain function when the reading finds something it does not
+cover, and is tested equal to ftfy on real, multilingual, mojibake and generated text
+(tests/unit/test_data_fastpaths.py). Pinned to ftfy 6.3 (pyproject.toml).
 """
 
 from __future__ import annotations
@@ -40,12 +41,8 @@ from ftfy import badness as ftfy_badness
 from ftfy import chardata as ftfy_chardata
 from ftfy import fixes as ftfy_fixes
 
-try:  # the regex parser behind re (to read ftfy's patterns once)
-    from re import _constants as sre_constants
-    from re import _parser as sre_parser
-except ImportError:  # Python 3.10
-    import sre_constants
-    import sre_parse as sre_parser
+from tuneloop.data.regex_reads import CONTEXT, HIGH_BYTES, RunLocal, ascii_matches, badness_reach, char_items, \
+    consumed, edge_reads, max_read, sre_parser
 
 SEGMENT = 1_000_000  # ftfy's max_decode_length: longer lines are cut into pieces, left to ftfy itself
 _ENCODING_CONFIG = ftfy.TextFixerConfig(explain=False)  # what fix_and_explain gives fix_encoding
@@ -72,103 +69,6 @@ PASS_FIXERS = tuple((getattr(ftfy_fixes, name), _char_class(codes)) for name, co
 _FIXER_CHARS = _char_class(set().union(*DOMAINS.values()))
 
 
-# --- reading ftfy's patterns -------------------------------------------------------------------------------
-
-def badness_reach(pattern: re.Pattern) -> tuple[int, int] | None:
-    """(lead, width) such that every match of ftfy's mojibake pattern holds a non-ASCII character within its
-    first lead + 1 characters and is at most `width` long, read off the parsed pattern (so a changed ftfy
-    pattern is re-read, not assumed); None when it holds anything this reading does not cover."""
-    c = sre_constants
-    if pattern.flags & (re.IGNORECASE | re.MULTILINE):  # literals could match ASCII / "^" after newlines
-        return None
-    tree = sre_parser.parse(pattern.pattern, pattern.flags)
-    if len(tree) != 1 or tree[0][0] is not c.BRANCH:
-        return None
-
-    def may_be_ascii(op, av) -> bool:  # can this one-character item match an ASCII character?
-        if op is c.LITERAL:
-            return av < 128
-        if op is c.IN:  # a class member other than a plain literal or range (negation, category, ...): maybe
-            return any(not (o is c.LITERAL and a >= 128 or o is c.RANGE and a[0] >= 128) for o, a in av)
-        return True  # ANY
-
-    lead = 0
-    for branch in tree[0][1][1]:
-        offsets, found = {0}, None  # where the next item can start, relative to the match start
-        for op, av in branch:  # every item is read, also after the first non-ASCII one (no lookaround, "$")
-            if op is c.AT and av is c.AT_BEGINNING:
-                continue
-            if op in (c.LITERAL, c.IN, c.ANY):
-                low, high, sub_op, sub_av = 1, 1, op, av
-            elif op is c.MAX_REPEAT and av[1] != c.MAXREPEAT and av[2].getwidth() == (1, 1) and len(av[2]) == 1:
-                low, high, ((sub_op, sub_av),) = av[0], av[1], list(av[2])
-            else:
-                return None
-            if found is None:
-                if low >= 1 and not may_be_ascii(sub_op, sub_av):
-                    found = max(offsets)
-                offsets = {o + k for o in offsets for k in range(low, high + 1)}
-        if found is None:
-            return None
-        lead = max(lead, found)
-    return lead, tree.getwidth()[1]
-
-
-class Consumed(NamedTuple):
-    """What a pattern's matches consume, as sets of code points (bytes patterns: byte values)."""
-
-    first: frozenset  # a match's first character
-    last: frozenset  # its last character
-    any: frozenset  # any of its characters
-    ahead: bool  # the pattern looks past the match end (lookahead)
-
-
-def consumed(pattern: re.Pattern) -> Consumed | None:
-    """Consumed(...) read off the parsed pattern when it is built of literals, classes of literals and ranges,
-    groups, alternations, repeats of at least once and lookarounds; None for anything else (anchors,
-    categories, negated classes, optional items, case folding, back references)."""
-    c = sre_constants
-    if pattern.flags & re.IGNORECASE:
-        return None
-    ahead = False
-
-    def chars(op, av) -> frozenset | None:
-        if op is c.LITERAL:
-            return frozenset((av,))
-        if op is c.IN and all(o in (c.LITERAL, c.RANGE) for o, _ in av):
-            return frozenset(x for o, a in av for x in ((a,) if o is c.LITERAL else range(a[0], a[1] + 1)))
-        return None
-
-    def seq(items) -> tuple | None:  # (first, last, any) of a sequence, None if unreadable or possibly empty
-        nonlocal ahead
-        parts = []
-        for op, av in items:
-            if op in (c.ASSERT, c.ASSERT_NOT):
-                ahead |= av[0] == 1  # a lookbehind reads before the match start, which the text still has
-                continue
-            if op in (c.LITERAL, c.IN):
-                one = chars(op, av)
-                part = None if one is None else (one, one, one)
-            elif op in (c.MAX_REPEAT, c.MIN_REPEAT) and av[0] >= 1:
-                part = seq(av[2])
-            elif op is c.SUBPATTERN and not av[1] and not av[2]:  # a group without flag changes
-                part = seq(av[3])
-            elif op is c.BRANCH:
-                alts = [seq(b) for b in av[1]]
-                part = None if None in alts else tuple(frozenset().union(*(a[k] for a in alts)) for k in range(3))
-            else:
-                return None
-            if part is None:
-                return None
-            parts.append(part)
-        if not parts:
-            return None
-        return parts[0][0], parts[-1][1], frozenset().union(*(p[2] for p in parts))
-
-    read = seq(sre_parser.parse(pattern.pattern, pattern.flags))
-    return None if read is None else Consumed(*read, ahead)
-
-
 # --- the mojibake test ------------------------------------------------------------------------------------
 
 _BADNESS_REACH = badness_reach(ftfy_badness.BADNESS_RE)
@@ -187,45 +87,6 @@ def is_bad(text: str) -> bool:
         if search(text, max(0, run.start() - lead), run.end() - 1 + width):
             return True
     return False
-
-
-# --- the UTF-8 clue search ----------------------------------------------------------------------------------
-
-class _RunLocal:
-    """pattern.search(text) tried only on stretches of the characters its matches consume, for a pattern whose
-    matches start with a non-ASCII character (a byte >= 0x80 for a bytes pattern) and look nothing ahead:
-    ftfy's UTF-8 clues (non-ASCII characters and spaces; ~19 us -> ~4 on a tweet) and its test for UTF-8 with
-    spaces for 0xA0 bytes, run on every text the step encodes (high bytes and spaces; ~10 -> ~2 us: the
-    pattern is an alternation of classes, which re scans position by position). Anything but search() is the
-    pattern's own."""
-
-    def __init__(self, pattern: re.Pattern, ascii_consumed: str):
-        self.pattern = pattern
-        if isinstance(pattern.pattern, bytes):
-            also = "".join(re.escape(ch) for ch in ascii_consumed)
-            self._stretches = re.compile(f"[\\x80-\\xff][\\x80-\\xff{also}]*".encode("latin-1"))
-        else:  # the same classes spelled as negations: re compiles a range up to U+10FFFF slowly (~20 ms)
-            rest = "".join(re.escape(chr(c)) for c in range(128) if chr(c) not in ascii_consumed)
-            self._stretches = re.compile(f"[^\\x00-\\x7f][^{rest}]*")
-
-    @classmethod
-    def of(cls, pattern: re.Pattern):
-        """A _RunLocal for the pattern if its reading allows, else the pattern itself."""
-        read = consumed(pattern)
-        if read is None or read.ahead or min(read.first, default=0) < 128:
-            return pattern
-        return cls(pattern, "".join(chr(x) for x in sorted(read.any) if x < 128))
-
-    def search(self, text: str):
-        search = self.pattern.search
-        for stretch in self._stretches.finditer(text):
-            found = search(text, stretch.start(), stretch.end())  # the lookbehind still sees the text before
-            if found:
-                return found
-        return None
-
-    def __getattr__(self, name):
-        return getattr(self.pattern, name)
 
 
 # --- which single-byte encodings are worth trying -----------------------------------------------------------
@@ -340,8 +201,8 @@ def _module_with(module, **names) -> types.SimpleNamespace:
 def _fast_step():
     if _STEP is None:
         return None
-    chardata = _module_with(ftfy_chardata, UTF8_DETECTOR_RE=_RunLocal.of(ftfy_chardata.UTF8_DETECTOR_RE),
-                            ALTERED_UTF8_RE=_RunLocal.of(ftfy_chardata.ALTERED_UTF8_RE),
+    chardata = _module_with(ftfy_chardata, UTF8_DETECTOR_RE=RunLocal.of(ftfy_chardata.UTF8_DETECTOR_RE),
+                            ALTERED_UTF8_RE=RunLocal.of(ftfy_chardata.ALTERED_UTF8_RE),
                             possible_encoding=_possible_encoding)
     # its repair of embedded UTF-8 pieces calls ftfy.fix_encoding on each piece: ours, remembering them
     embedded = _rebound(ftfy_fixes.decode_inconsistent_utf8, is_bad=is_bad,
@@ -427,45 +288,12 @@ def _fix_and_explain(text: str, states: list | None = None) -> tuple[str, bool]:
 # as from the line (its first pass's unescaping would change nothing; the loop only compares a pass's output
 # with its input), so the unescaped line is repaired, by its skeleton where it has one.
 
-def max_read(pattern: re.Pattern) -> int | None:
-    """The most characters one match can read, consumed or looked at around it, from the parsed pattern; None
-    for an unbounded or unreadable one."""
-    return _read_width(sre_parser.parse(pattern.pattern, pattern.flags))
-
-
-def _read_width(items) -> int | None:
-    """max_read of a parsed (sub)pattern."""
-    c = sre_constants
-    total = 0
-    for op, av in items:
-        if op in (c.LITERAL, c.NOT_LITERAL, c.IN, c.ANY):
-            w = 1
-        elif op is c.AT:
-            w = 0
-        elif op in (c.MAX_REPEAT, c.MIN_REPEAT) and av[1] != c.MAXREPEAT:
-            w = _read_width(av[2])
-            w = None if w is None else av[1] * w
-        elif op is c.SUBPATTERN:
-            w = _read_width(av[3])
-        elif op is c.BRANCH:
-            ws = [_read_width(b) for b in av[1]]
-            w = None if None in ws else max(ws)
-        elif op in (c.ASSERT, c.ASSERT_NOT):
-            w = _read_width(av[1])
-        else:
-            return None
-        if w is None:
-            return None
-        total += w
-    return total
-
-
 def _skeleton_settings() -> tuple[int, str] | None:
     """(reach, consumable ASCII) when ftfy's patterns read as described above, else None (no skeletons)."""
-    detector = _RunLocal.of(ftfy_chardata.UTF8_DETECTOR_RE)
+    detector = RunLocal.of(ftfy_chardata.UTF8_DETECTOR_RE)
     byte_patterns = [getattr(ftfy_chardata, "ALTERED_UTF8_RE", None), getattr(ftfy_fixes, "A_GRAVE_WORD_RE", None),
                      getattr(ftfy_chardata, "LOSSY_UTF8_RE", None)]
-    if _BADNESS_REACH is None or not isinstance(detector, _RunLocal) or None in byte_patterns:
+    if _BADNESS_REACH is None or not isinstance(detector, RunLocal) or None in byte_patterns:
         return None
     for pattern in byte_patterns:  # a match starts at a byte of a non-ASCII character (0x1A: U+FFFD, sloppily)
         read = consumed(pattern)
@@ -552,152 +380,9 @@ def _fix_skeleton(text: str, sep: str) -> list | None:
 # came out as it went in; any other line goes on to the skeleton above. Lines may hold "\t" and lone "\r" (the
 # first pass makes each "\r" "\n", in the cut stretches too: _put_back does that for them).
 
-_CONTEXT = [*range(0x20, 0x7F), 0x09, 0x0A, 0x0D]  # the ASCII a small skeleton can hold: no other control character
 # (ftfy's utf-8-variants decoder also reads "$", the end of the bytes or a final "\n", but the end a skeleton shows
 # next to a run is the line's: a stretch shorter than two characters is never cut, a cut keeps one or more after
 # a run and only cuts a line's last stretch behind what it keeps)
-_HIGH_BYTES = frozenset([0x1A, *range(0x80, 0x100)])  # bytes of non-ASCII characters (sloppy codecs: 1A for U+FFFD)
-
-
-def _ascii_matches(op, av) -> frozenset | None:
-    """The characters of _CONTEXT the one-character item matches, None for an item this does not read."""
-    c = sre_constants
-    context = frozenset(_CONTEXT)
-    if op is c.LITERAL:
-        return context & {av}
-    if op is c.NOT_LITERAL:
-        return context - {av}
-    if op is c.ANY:
-        return context - {0x0A}
-    if op is not c.IN:
-        return None
-    chars = [chr(x) for x in _CONTEXT]
-    categories = {c.CATEGORY_DIGIT: {ord(ch) for ch in chars if ch.isdigit()},
-                  c.CATEGORY_SPACE: {ord(ch) for ch in chars if ch.isspace()},
-                  c.CATEGORY_WORD: {ord(ch) for ch in chars if ch.isalnum() or ch == "_"}}
-    for yes, no in ((c.CATEGORY_DIGIT, c.CATEGORY_NOT_DIGIT), (c.CATEGORY_SPACE, c.CATEGORY_NOT_SPACE),
-                    (c.CATEGORY_WORD, c.CATEGORY_NOT_WORD)):
-        categories[no] = context - categories[yes]
-    negate, hit = False, set()
-    for o, a in av:
-        if o is c.NEGATE:
-            negate = True
-        elif o is c.LITERAL:
-            hit.add(a)
-        elif o is c.RANGE:
-            hit.update(range(a[0], a[1] + 1))
-        elif o is c.CATEGORY and a in categories:
-            hit |= categories[a]
-        else:
-            return None
-    return context - hit if negate else context & hit
-
-
-def _high(op, av, high: range) -> frozenset | None:
-    """The code points in `high` the item matches; None when it may match others there too (negations,
-    categories, any): a wildcard."""
-    c = sre_constants
-    if op is c.LITERAL:
-        return frozenset((av,) if av in high else ())
-    if op is c.IN and all(o in (c.LITERAL, c.RANGE) for o, _ in av):
-        return frozenset(x for o, a in av for x in ((a,) if o is c.LITERAL else range(a[0], a[1] + 1))
-                         if x in high)
-    return None
-
-
-class _Element(NamedTuple):
-    kind: str  # "char", "ahead", "behind", "begin"
-    item: tuple | None  # (op, av) of a character item
-    width: int  # the most characters it reads
-    least: int = 1  # the fewest (a match can pass over an optional item)
-
-
-def _alternatives(items, limit: int = 4096) -> list | None:
-    """The parsed sequence as flat lists of _Elements, one per way through its alternations; None when it holds
-    anything else than character items, bounded repeats of one, groups, alternations, lookarounds and "^"."""
-    c = sre_constants
-    out = [[]]
-    for op, av in items:
-        if op in (c.LITERAL, c.NOT_LITERAL, c.IN, c.ANY):
-            add = [[_Element("char", (op, av), 1)]]
-        elif op in (c.MAX_REPEAT, c.MIN_REPEAT) and av[1] != c.MAXREPEAT and len(av[2]) == 1 \
-                and av[2][0][0] in (c.LITERAL, c.NOT_LITERAL, c.IN, c.ANY):
-            add = [[_Element("char", av[2][0], av[1], av[0])]]
-        elif op is c.SUBPATTERN and not av[1] and not av[2]:
-            add = _alternatives(av[3], limit)
-        elif op is c.BRANCH:
-            add = [alt for branch in av[1] for alt in (_alternatives(branch, limit) or [None])]
-            add = None if None in add else add
-        elif op in (c.ASSERT, c.ASSERT_NOT):
-            width = _read_width(av[1])
-            add = None if width is None else [[_Element("ahead" if av[0] == 1 else "behind", None, width)]]
-        elif op is c.AT and av is c.AT_BEGINNING:
-            add = [[_Element("begin", None, 0)]]
-        else:
-            return None
-        if add is None:
-            return None
-        out = [a + b for a in out for b in add]
-        if len(out) > limit:
-            return None
-    return out
-
-
-def _edge_reads(pattern: re.Pattern, high: range) -> tuple[dict, dict, int, int] | None:
-    """(after, before, wild_after, wild_before): for each code point in `high` that a character item can match,
-    the most characters a match attempt reads after / before it through items that can match ASCII (a read that
-    meets an item no ASCII can match fails on any ASCII there); the wild values for items matching any of them.
-    None when the pattern holds something this does not read."""
-    alts = _alternatives(sre_parser.parse(pattern.pattern, pattern.flags))
-    if alts is None:
-        return None
-    after, before, wild = {}, {}, [0, 0]
-    for alt in alts:
-        ascii_ok = []
-        for e in alt:
-            if e.kind == "char":
-                ok = _ascii_matches(*e.item)
-                if ok is None:
-                    return None
-                ascii_ok.append(bool(ok))
-            else:
-                ascii_ok.append(e.kind != "begin")
-        for i, e in enumerate(alt):
-            if e.kind != "char":
-                continue
-            chars = _high(*e.item, high)
-            if chars == frozenset():
-                continue
-            own = e.width - 1 if ascii_ok[i] else 0  # a repeat's further characters
-            # a lookbehind after the item, or a lookahead before it, could read past it: not read
-            n_after = _reads_past(alt, ascii_ok, range(i + 1, len(alt)), own, "behind")
-            n_before = _reads_past(alt, ascii_ok, range(i - 1, -1, -1), own, "ahead")
-            if n_after is None or n_before is None:
-                return None
-            if chars is None:
-                wild[0], wild[1] = max(wild[0], n_after), max(wild[1], n_before)
-            else:
-                for x in chars:
-                    after[x] = max(after.get(x, 0), n_after)
-                    before[x] = max(before.get(x, 0), n_before)
-    return after, before, wild[0], wild[1]
-
-
-def _reads_past(alt: list, ascii_ok: list, order: range, own: int, refused: str) -> int | None:
-    """How many characters a match attempt can read going through alt's elements in `order` from a character
-    item: their widths up to the first that no ASCII matches (an optional one is passed over); None at an
-    element of kind `refused`."""
-    n = own
-    for j in order:
-        f = alt[j]
-        if f.kind == refused:
-            return None
-        if not ascii_ok[j]:
-            if f.least:
-                break
-            continue
-        n += f.width
-    return n
 
 
 def _small_settings() -> tuple | None:
@@ -713,7 +398,7 @@ def _small_settings() -> tuple | None:
         after[x], before[x] = max(after.get(x, 0), a), max(before.get(x, 0), b)
 
     for pattern in str_patterns:
-        read = _edge_reads(pattern, range(0x80, 0x110000))
+        read = edge_reads(pattern, range(0x80, 0x110000))
         if read is None:
             return None
         for x in read[0]:
@@ -724,7 +409,7 @@ def _small_settings() -> tuple | None:
     if len(encoders) != len(ftfy_chardata.CHARMAP_ENCODINGS):
         return None
     for pattern in byte_patterns:
-        read = _edge_reads(pattern, _HIGH_BYTES)
+        read = edge_reads(pattern, HIGH_BYTES)
         if read is None:
             return None
         b_after, b_before, w_after, w_before = read
@@ -738,32 +423,15 @@ def _small_settings() -> tuple | None:
                 if byte in b_after:
                     merge(ord(ch), b_after[byte], b_before[byte])
     # ASCII classes: characters every item of every pattern that reads text (or its bytes) treats alike
-    items = []
-
-    def collect(tree) -> None:
-        c = sre_constants
-        for op, av in tree:
-            if op in (c.LITERAL, c.NOT_LITERAL, c.IN, c.ANY):
-                items.append((op, av))
-            elif op in (c.MAX_REPEAT, c.MIN_REPEAT):
-                collect(av[2])
-            elif op is c.SUBPATTERN:
-                collect(av[3])
-            elif op is c.BRANCH:
-                for b in av[1]:
-                    collect(b)
-            elif op in (c.ASSERT, c.ASSERT_NOT):
-                collect(av[1])
-
-    for pattern in [*str_patterns, *byte_patterns, ftfy_chardata.UTF8_DETECTOR_RE, ftfy_chardata.HTML_ENTITY_RE,
-                    _LIVE_AMP]:
-        collect(sre_parser.parse(pattern.pattern, pattern.flags))
+    items = [item for pattern in [*str_patterns, *byte_patterns, ftfy_chardata.UTF8_DETECTOR_RE,
+                                  ftfy_chardata.HTML_ENTITY_RE, _LIVE_AMP]
+             for item in char_items(sre_parser.parse(pattern.pattern, pattern.flags))]
     singles = set(map(ord, _SKELETON[1] + _SEPARATORS + "\t\n\r&;#"))
     classes: dict = {}
-    matches = {repr(item): _ascii_matches(*item) for item in items}
+    matches = {repr(item): ascii_matches(*item) for item in items}
     if None in matches.values():
         return None
-    for x in _CONTEXT:
+    for x in CONTEXT:
         sig = tuple(x in m for m in matches.values())
         classes.setdefault((x,) if x in singles else sig, []).append(x)
     table = {x: members[0] for members in classes.values() for x in members if x != members[0]}
