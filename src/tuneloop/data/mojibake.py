@@ -378,11 +378,10 @@ def _fix_skeleton(text: str, sep: str) -> list | None:
 # still keeps that much at each cut, no pass began with another "&" count, no character NFC composes with the
 # ASCII before it followed ASCII (a class stands for letters that compose differently), and each kept stretch
 # came out as it went in; any other line goes on to the skeleton above. Lines may hold "\t" and lone "\r" (the
-# first pass makes each "\r" "\n", in the cut stretches too: _put_back does that for them).
-
-# (ftfy's utf-8-variants decoder also reads "$", the end of the bytes or a final "\n", but the end a skeleton shows
-# next to a run is the line's: a stretch shorter than two characters is never cut, a cut keeps one or more after
-# a run and only cuts a line's last stretch behind what it keeps)
+# first pass makes each "\r" "\n", in the cut stretches too: _put_back does that for them). ftfy's utf-8-variants
+# decoder also reads "$", the end of the bytes or a final "\n", but the end a skeleton shows next to a run is the
+# line's: a stretch shorter than two characters is never cut, a cut keeps one or more after a run and only cuts
+# a line's last stretch behind what it keeps.
 
 
 def _small_settings() -> tuple | None:
@@ -405,8 +404,7 @@ def _small_settings() -> tuple | None:
             merge(x, read[0][x], read[1][x])
         wild_after, wild_before = max(wild_after, read[2]), max(wild_before, read[3])
     # a bytes pattern reads a character through the byte each single-byte encoding gives it (0x1A: U+FFFD)
-    encoders = [(e, m) for e, m in _CHARMAPS.items()]
-    if len(encoders) != len(ftfy_chardata.CHARMAP_ENCODINGS):
+    if len(_CHARMAPS) != len(ftfy_chardata.CHARMAP_ENCODINGS):
         return None
     for pattern in byte_patterns:
         read = edge_reads(pattern, HIGH_BYTES)
@@ -414,7 +412,7 @@ def _small_settings() -> tuple | None:
             return None
         b_after, b_before, w_after, w_before = read
         wild_after, wild_before = max(wild_after, w_after), max(wild_before, w_before)
-        for encoding, m in encoders:
+        for encoding, m in _CHARMAPS.items():
             for ch in m.chars | {"\ufffd"}:
                 try:
                     byte = ch.encode(encoding)[0]
@@ -450,6 +448,19 @@ _ASCII_HEAD = re.compile(r"[\x00-\x7f]*")
 _AFTER_ASCII = re.compile(r"[\x00-\x7f]([^\x00-\x7f])")
 
 
+def _keep_after(stretch: str, ch: str) -> int:
+    """How many characters of an ASCII stretch after character ch a cut keeps: its consumable ones and one
+    more, or what the patterns read past ch if that is more."""
+    after, wild_after = _SMALL[0], _SMALL[2]
+    return max(len(stretch) - len(stretch.lstrip(_SKELETON[1])) + 1, after.get(ch, wild_after))
+
+
+def _keep_before(stretch: str, ch: str) -> int:
+    """The same for an ASCII stretch before character ch."""
+    before, wild_before = _SMALL[1], _SMALL[3]
+    return max(len(stretch) - len(stretch.rstrip(_SKELETON[1])) + 1, before.get(ch, wild_before))
+
+
 def small_skeleton(text: str) -> tuple[str, list, str] | None:
     """(small skeleton, cut stretches, separator) of a line, or None when it has no stretch to cut or may not be
     cut; a cut stretch is the line's ASCII there but the consumable characters it starts with (what the kept
@@ -462,28 +473,16 @@ def small_skeleton(text: str) -> tuple[str, list, str] | None:
     sep = _separator(text)
     if sep is None:
         return None
-    after, before, wild_after, wild_before, classes = _SMALL
-    consumable = _SKELETON[1]
+    classes, consumable = _SMALL[4], _SKELETON[1]
     out, cuts, pos, end_of_text = [], [], 0, len(text)
     for part in _ASCII_STRETCH.finditer(text):
         start, end = part.span()
         a = part.group()
         n = end - start
-        if start:
-            cons = n - len(a.lstrip(consumable))
-            keep_head = after.get(text[start - 1], wild_after)
-            if keep_head <= cons:
-                keep_head = cons + 1
-        else:
-            cons = keep_head = 0
-        if end < end_of_text:
-            keep_tail = before.get(text[end], wild_before)
-            lead = n - len(a.rstrip(consumable))
-            if keep_tail <= lead:
-                keep_tail = lead + 1
-        else:
-            keep_tail = 0
+        keep_head = _keep_after(a, text[start - 1]) if start else 0
+        keep_tail = _keep_before(a, text[end]) if end < end_of_text else 0
         if keep_head + keep_tail < n:
+            cons = n - len(a.lstrip(consumable)) if start else 0
             out += (text[pos:start + cons], a[cons:keep_head].translate(classes), sep,
                     a[n - keep_tail:].translate(classes))
             cuts.append(a[cons:])
@@ -497,22 +496,15 @@ def small_skeleton(text: str) -> tuple[str, list, str] | None:
 def _cuts_hold(state: str, sep: str) -> bool:
     """Whether every cut of this text (one a repair began with) still keeps what the patterns can read from the
     characters next to it."""
-    after, before, wild_after, wild_before, _ = _SMALL
-    consumable = _SKELETON[1]
     pieces = state.split(sep)
     for left, right in zip(pieces, pieces[1:]):
         start = _ASCII_TAIL.search(left).start()
-        if start:  # (a piece with no non-ASCII character reads nothing past its cuts)
-            tail = left[start:]
-            cons = len(tail) - len(tail.lstrip(consumable))
-            if len(tail) < max(cons + 1, after.get(left[start - 1], wild_after)):
-                return False
+        # (a piece with no non-ASCII character reads nothing past its cuts)
+        if start and len(left) - start < _keep_after(left[start:], left[start - 1]):
+            return False
         end = _ASCII_HEAD.match(right).end()
-        if end < len(right):
-            head = right[:end]
-            lead = len(head) - len(head.rstrip(consumable))
-            if end < max(lead + 1, before.get(right[end], wild_before)):
-                return False
+        if end < len(right) and end < _keep_before(right[:end], right[end]):
+            return False
     return True
 
 
@@ -552,8 +544,8 @@ def _fix_small(text: str, sep: str) -> list | None:
 
 
 def _put_back(inner: list, cuts: list, cr: bool) -> str:
-    """The line from its small skeleton's repair: the repaired pieces with the cut stretches between them as
-    they were (with `cr`, the line holds "\r": fix_line_breaks makes each "\n")."""
+    """The line from a skeleton's repair: the repaired pieces with the cut stretches between them as they were
+    (with `cr`, the line holds "\r": fix_line_breaks makes each "\n")."""
     out = [inner[0]]
     for stretch, piece in zip(cuts, inner[1:]):
         out += (stretch.replace("\r", "\n") if cr else stretch, piece)
@@ -576,12 +568,7 @@ def fix_segment(text: str) -> str:
             return _put_back(inner, small[1], "\r" in text)
     cut = skeleton(text)
     pieces = _fix_skeleton(cut[0], cut[2]) if cut else None
-    if pieces is None:
-        return _fix_and_explain(text)[0]
-    out = [pieces[0]]
-    for middle, piece in zip(cut[1], pieces[1:]):
-        out += (middle, piece)
-    return "".join(out)
+    return _fix_and_explain(text)[0] if pieces is None else _put_back(pieces, cut[1], False)
 
 
 def fix_text(text: str) -> str:
