@@ -18,6 +18,7 @@ import re
 import sys
 import unicodedata
 import zlib
+from collections import Counter
 
 import ftfy
 import numpy as np
@@ -309,7 +310,10 @@ def test_embedded_utf8_pieces_are_fixed_once_and_ftfy_is_untouched():
 
 def test_orjson_reader_matches_json(tmp_path):
     lines = ['{"a": NaN}', '{"n": 123456789012345678901234567890}', '{"s": "\\ud800"}', '{"a": 1, "a": 2}',
-             '{"f": 1e400}', '{"x": -0.0, "y": [1, 2.5, "\\u00e9"]}', "[1, 2]", '{"a": ', "{'a': 1}"]
+             '{"f": 1e400}', '{"x": -0.0, "y": [1, 2.5, "\\u00e9"]}', "[1, 2]", '{"a": ', "{'a': 1}",
+             # 64-bit edges (orjson makes floats past them) and digit runs split by other bytes
+             '{"m": -9223372036854775809, "u": 18446744073709551616}', '{"k": 1234567890123456789}',
+             '{"v": [123456789, 1234567890123], "s": "12345678901234567890123"}']
     path = tmp_path / "edge.jsonl"
     path.write_bytes(("\n".join(lines) + "\n").encode() + b'{"bad": "\xff"}\n')
     got = [r.error or r.fields for r in read_rows(path)]
@@ -323,6 +327,7 @@ def test_orjson_reader_matches_json(tmp_path):
     norm = [("not_an_object" if isinstance(g, tuple) and g[0] == "not_an_object" else g) for g in got]
     assert norm[:-1] == want and norm[-1][0] == "invalid_utf8"
     assert repr(got[1]["n"]) == "123456789012345678901234567890"  # not turned into a float
+    assert repr(got[9]["u"]) == "18446744073709551616" and repr(got[9]["m"]) == "-9223372036854775809"
 
 
 def reference_pairs(sigs: np.ndarray, bands: int, rows: int) -> set:
@@ -536,18 +541,21 @@ def test_plain_chat_path_equals_the_general_path(tmp_path):
         for i, fields in enumerate(_chat_rows(3000, rng)):
             fields = json.loads(json.dumps(fields))  # what the reader gives (lone surrogates included)
             row = Row(i + 1, fields, "x.jsonl")
+            counted = Counter(stage.warnings)
             plain = prep._plain_chat(stage, row)
+            counted = Counter(stage.warnings) - counted  # the plain path counts its warnings itself
             try:
                 ex = to_example(row, "chat", stage.mapping)
                 clean_example(ex, False, False)
             except Rejection:
-                assert plain is None
+                assert plain is None and not counted
                 declined += 1
                 continue
             if plain is None:  # a valid row with a field the plain path leaves to the general one
-                assert any(len(m) != 2 for m in fields["messages"])
+                assert any(len(m) != 2 for m in fields["messages"]) and not counted
                 continue
             taken += 1
+            assert counted == Counter(ex.meta.pop("warnings", ()))  # (_row_pass counts the general path's)
             assert plain[0].to_line() == ex.to_line() and plain[0].meta == ex.meta
             assert plain[1] == prep.dedup_text(ex, False)
     finally:

@@ -41,7 +41,7 @@ SHAREGPT_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistan
                   "chatgpt": "assistant", "bard": "assistant", "model": "assistant", "system": "system"}
 
 
-@dataclass
+@dataclass(slots=True)  # (one per row: no per-instance dict to build and free)
 class Example:
     messages: list
     label: str | None = None

@@ -213,9 +213,9 @@ def _plain_chat(st: Stage, row) -> tuple | None:
     problem, warnings = role_verdict(tuple(roles), True)
     if problem:
         return None
-    meta = {"warnings": list(warnings), "source": row.source, "line": row.line} if warnings else \
-        {"source": row.source, "line": row.line}
-    return Example(turns, None, meta), "\n".join(trained)
+    for w in warnings:  # (most chat rows warn no_system_message; Counter.update costs ~2 us)
+        st.warnings[w] += 1
+    return Example(turns, None, {"source": row.source, "line": row.line}), "\n".join(trained)
 
 
 def _row_pass(st: Stage, row, fmt: str) -> None:
@@ -231,9 +231,9 @@ def _row_pass(st: Stage, row, fmt: str) -> None:
         except Rejection as r:
             st.reject(row, r)
             return
+        for w in ex.meta.pop("warnings", ()):
+            st.warnings[w] += 1
         text = None
-    for w in ex.meta.pop("warnings", ()):  # (most chat rows warn no_system_message; Counter.update costs ~2 us)
-        st.warnings[w] += 1
     if cfg.min_confidence and ex.meta.get("confidence", 1.0) < cfg.min_confidence:
         return st.drop(row.line, row.source, "low_confidence", confidence=ex.meta["confidence"])
     if text is None:
@@ -246,7 +246,8 @@ def _row_pass(st: Stage, row, fmt: str) -> None:
         if key in st.seen:
             return st.drop(row.line, row.source, "duplicate", of_line=st.seen[key])
         st.seen[key] = row.line
-    pii.redact_example(ex, st.pii_types, st.pii_counts)  # after the exact check: dropped rows need none
+    if st.pii_types:  # after the exact check: dropped rows need none
+        pii.redact_example(ex, st.pii_types, st.pii_counts)
     st.pending.append((ex, text))
     if len(st.pending) >= BATCH:
         _flush(st)

@@ -15,7 +15,6 @@ from __future__ import annotations
 import csv
 import io
 import json
-import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
@@ -27,8 +26,11 @@ from tuneloop.errors import UserError
 # A row larger than this is rejected (rule row_too_large) instead of being parsed: one 10 MB line in a chat
 # file is almost always a concatenation bug, and parsing it would cost more than the rest of the file.
 MAX_ROW_BYTES = 1_000_000
-_LONG_DIGITS = re.compile(rb"\d{19}")
-_DIGITS = b"0123456789"
+# bytes.translate table making every ASCII digit "9": a line holds a run of 19+ digits iff its translation holds
+# nineteen "9"s in a row (a C-speed translate and substring search, ~0.5 us less per line than counting digits
+# with a deleting translate and then searching the ~10% of tweet lines with 19+ digits by regex)
+_DIGITS_TO_9 = bytes(57 if 48 <= b <= 57 else b for b in range(256))
+_LONG_DIGITS = b"9" * 19
 ARROW_BATCH = 4096  # rows per Arrow record batch: bounds memory for Parquet / datasets folders
 
 
@@ -100,10 +102,8 @@ def _read_jsonl(path: Path, max_row_bytes: int) -> Iterator[Row]:
 def _loads(raw: bytes):
     """orjson (~4x faster than json) for the common valid line; anything it refuses (invalid UTF-8 or JSON,
     NaN, lone-surrogate escapes) is parsed again by json, whose result and error messages are the reference.
-    orjson turns integers over 64 bits into floats, so a line with a 19+ digit run goes to json directly. The
-    regex scan (~3.5 us per tweet line, more than orjson's parse) runs only on lines holding 19+ digits at all
-    (counted by a C-speed translate, ~0.4 us; ~10% of tweet lines)."""
-    if len(raw) - len(raw.translate(None, _DIGITS)) < 19 or not _LONG_DIGITS.search(raw):
+    orjson turns integers over 64 bits into floats, so a line with a 19+ digit run goes to json directly."""
+    if _LONG_DIGITS not in raw.translate(_DIGITS_TO_9):
         try:
             return orjson.loads(raw)
         except orjson.JSONDecodeError:
