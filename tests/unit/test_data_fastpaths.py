@@ -356,6 +356,12 @@ def test_no_whitespace_but_the_space_is_printable():
     assert not [c for c in map(chr, range(sys.maxunicode + 1)) if c.isspace() and c != " " and c.isprintable()]
 
 
+def test_untidy_characters_are_not_printable():
+    """_clean_text takes printable text as holding no _UNTIDY_CHARS (one C loop instead of a regex search): every
+    character of that class must be non-printable."""
+    assert not [c for c in map(chr, range(sys.maxunicode + 1)) if c.isprintable() and clean._UNTIDY_CHARS.match(c)]
+
+
 def test_drop_lines_are_what_json_dumps_writes(tmp_path):
     from tuneloop.data.prepare import Stage
 

@@ -23,6 +23,8 @@ _NEWLINES = re.compile(r"\n{3,}")
 _TAGS = re.compile(r"<(script|style)\b.*?</\1\s*>|<!--.*?-->|</?[A-Za-z][^<>]{0,500}>", re.S | re.I)
 # Text without control characters, line breaks, double spaces or any other whitespace than " " (everything
 # str.split() or _SPACES would act on) is already tidy: cleaning it is just strip() (most rows of most files).
+# None of these characters is printable (str.isprintable, a test checks), so printable text has none of them:
+# that C loop answers for most texts (~1 us less than this search on a non-ASCII tweet).
 _UNTIDY_CHARS = re.compile(r"[\x00-\x1f\x7f-\xa0\u1680\u2000-\u200b\u2028\u2029\u202f\u205f\u3000]")
 
 
@@ -48,7 +50,7 @@ def _clean_text(text: str, single_line: bool, strip_html: bool, repair: bool = T
         text = text if text.isascii() else unicodedata.normalize("NFC", text)
     elif not text.isascii() or "&" in text or "\x1b" in text:
         text = fix_text(text)  # ftfy, less work (mojibake.py)
-    if "  " not in text and not _UNTIDY_CHARS.search(text):
+    if "  " not in text and (text.isprintable() or not _UNTIDY_CHARS.search(text)):
         return text.strip()
     text = _CONTROL.sub("", text.replace("\r\n", "\n").replace("\r", "\n"))
     if single_line:

@@ -52,10 +52,10 @@ def rejections(examples: dict, counts: dict) -> str:
 
 
 def token_histograms(cand, kept: list) -> str:
+    if not any(map(cand.tokens.__getitem__, kept)):  # (before the lists: without a tokenizer there are none)
+        return "<p>No tokenizer was given, so tokens were not counted.</p>"
     prompt = [cand.tokens[i] - cand.answer_tokens[i] for i in kept]
     answer = [cand.answer_tokens[i] for i in kept]
-    if not any(cand.tokens[i] for i in kept):
-        return "<p>No tokenizer was given, so tokens were not counted.</p>"
     return "".join(svg_histogram(xs, bins=40, title=title, xlabel="tokens")
                    for xs, title in ((prompt, "prompt (template + inputs)"), (answer, "answer")))
 

@@ -69,7 +69,8 @@ def split_rows(labels: list, sizes: Sizes, stratify: bool, seed: int, balance_tr
         if name == "train" and before_train is not None:
             gone = set(before_train(out["test"] + out["validation"], [i for p in pools.values() for i in p]))
             removed = sorted(gone)
-            pools = defaultdict(list, {k: [i for i in v if i not in gone] for k, v in pools.items()})
+            if gone:
+                pools = defaultdict(list, {k: [i for i in v if i not in gone] for k, v in pools.items()})
         counts = {k: len(v) for k, v in pools.items()}
         want = sizes.count(name, n)
         if getattr(sizes, name) < 1:  # fractions that sum to 1 may round one row past what is left

@@ -109,7 +109,7 @@ def _write_split(path: Path, spool, c, ids: list, weights: dict, extra_ids: list
             labels[ex.label] += 1
 
         if not cf and not weights and isinstance(spool, bytes):  # every line as spooled: sliced 4096 at a time
-            starts, ends = c.offsets, c.ends()
+            starts, ends = c.offsets.tolist(), c.ends().tolist()  # (a list item is an int already made)
             for k in range(0, len(ids), 4096):
                 copied += [spool[starts[i]:ends[i]] for i in ids[k:k + 4096]]
                 flush()
@@ -186,7 +186,7 @@ def write_outputs(st, cfg: DataConfig, parts: dict, info: dict, tokenizer) -> tu
         "splits": split_info,
         "labels": cfg.labels,
         "sampling": info["sampling"],
-        "token_lengths": {name: _length_stats([c.tokens[i] for i in parts[name]]) for name in SPLITS},
+        "token_lengths": {name: _length_stats(list(map(c.tokens.__getitem__, parts[name]))) for name in SPLITS},
         "rules": {rule: RULES[rule] for rule in st.ledger.rejected},
         "warnings": dict(st.warnings),
         "cleaning": {"repair_text": cfg.repair_text, "strip_html": cfg.strip_html},
