@@ -184,8 +184,8 @@ def dedup_text(ex: Example, classification: bool) -> str:
 
 def _plain_chat(st: Stage, row) -> tuple | None:
     """(example, dedup text) for the most common row, a chat whose messages are all {role, content} with
-    valid string content, in one pass over its messages; None for any other row (a rule may fire, or a field
-    needs converting), which the general path then decides. For such a row this is exactly what to_example,
+    valid string content, in one pass over its messages, its warnings counted; None for any other row (a rule
+    may fire, or a field needs converting), which the general path then decides. For such a row this is exactly what to_example,
     clean_example and dedup_text give (tests/unit/test_data_fastpaths.py compares them on random rows),
     without their intermediate lists, dispatch and per-message checks of fields it cannot have (valgrind on
     the bench's tweets: 11% fewer instructions per row)."""

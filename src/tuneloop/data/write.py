@@ -89,9 +89,11 @@ def _group_plan(c, ids: list, audit: dict, names: list, mode: str, seed: int) ->
     return {}, extra, {"mode": "resample", "weights": cells, "added": len(extra)}
 
 
-def _write_split(path: Path, spool, c, ids: list, weights: dict, extra_ids: list, cf, data_hash) -> dict:
+def _write_split(path: Path, spool, c, ids: list, weights: dict, extra_ids: list, cf, data_hash,
+                 bounds: tuple | None) -> dict:
     """Stream one split from the spool (bytes, or the file when over SPOOL_IN_MEMORY) to its file, one example or
-    4096 copied lines at a time; returns its counts."""
+    4096 copied lines at a time; returns its counts. `bounds`: every spooled line's (starts, ends) as lists, when
+    the spool is bytes (a list item is an int already made; the arrays make one per access)."""
     labels, added = Counter(), 0
     cf_rows, copied = [], []
     with open(path, "wb") as f:
@@ -108,8 +110,8 @@ def _write_split(path: Path, spool, c, ids: list, weights: dict, extra_ids: list
             data_hash.update(line)
             labels[ex.label] += 1
 
-        if not cf and not weights and isinstance(spool, bytes):  # every line as spooled: sliced 4096 at a time
-            starts, ends = c.offsets.tolist(), c.ends().tolist()  # (a list item is an int already made)
+        if not cf and not weights and bounds is not None:  # every line as spooled: sliced 4096 at a time
+            starts, ends = bounds
             for k in range(0, len(ids), 4096):
                 copied += [spool[starts[i]:ends[i]] for i in ids[k:k + 4096]]
                 flush()
@@ -168,11 +170,12 @@ def write_outputs(st, cfg: DataConfig, parts: dict, info: dict, tokenizer) -> tu
             if len(spool) != c.spool_end:  # as the line by line read: fail rather than corrupt
                 raise OSError(f"{st.spool.name}: read {len(spool)} of {c.spool_end} spooled bytes")
         preview = _read(spool, c, parts["train"][0]) if parts["train"] else None
+        bounds = (c.offsets.tolist(), c.ends().tolist()) if isinstance(spool, bytes) else None
         for name in SPLITS:
             paths[name] = out_dir / f"{name}.jsonl"
             train = name == "train"
             info_ = _write_split(paths[name], spool, c, parts[name], weights if train else {},
-                                 extra if train else [], cf if train else None, data_hash)
+                                 extra if train else [], cf if train else None, data_hash, bounds)
             if train and cfg.counterfactual:
                 mitigations["counterfactual_added"] = info_["counterfactual"]
             split_info[name] = {"n": info_["n"], "labels": info_["labels"]}
