@@ -428,11 +428,13 @@ def test_prepare_is_deterministic_and_copies_spooled_lines(tmp_path, monkeypatch
     src = tmp_path / "rows.jsonl"
     src.write_text("\n".join(json.dumps(r) for r in rows) + "\n{\n")
     outs = []
-    for k in range(4):  # twice as is (the spool read whole), then line by line: pread, and seek + read
+    for k in range(6):  # twice as is (the spool read whole), then line by line: pread, and seek + read
         if k == 2:  # a spool over SPOOL_IN_MEMORY
             monkeypatch.setattr(write, "SPOOL_IN_MEMORY", 0)
         if k == 3:  # where os.pread is missing (Windows)
             monkeypatch.setattr(write, "_read_at", write._seek_read)
+        if k >= 4:  # the batched steps (MinHash, identity groups, spooling) in batches of 7 rows, then in one
+            monkeypatch.setattr("tuneloop.data.prepare.BATCH", 7 if k == 4 else 10_000)
         cfg = DataConfig(source=str(src), task="generation", dedup="near", train_size=0.8, validation_size=0.1,
                          test_size=0.1)
         res = prepare(cfg, None, tmp_path / f"out{k}", 0, load_splits=False)
@@ -440,7 +442,7 @@ def test_prepare_is_deterministic_and_copies_spooled_lines(tmp_path, monkeypatch
         assert counts["input"] == 401 == counts["kept"] + sum(counts["rejected"].values()) + sum(
             counts["dropped"].values())
         outs.append({p.name: p.read_bytes() for p in (tmp_path / f"out{k}").iterdir() if p.suffix == ".jsonl"})
-    assert outs[0] == outs[1] == outs[2] == outs[3] and len(outs[0]) == 5
+    assert all(o == outs[0] for o in outs) and len(outs[0]) == 5
     for line in outs[0]["train.jsonl"].splitlines(keepends=True):  # spooled lines are the canonical dump
         assert line == Example.from_json(json.loads(line)).to_line()
 
