@@ -10,13 +10,17 @@ Each prepare() runs in its own process so peak RSS and CPU time are that job's a
 divided by the process's CPU seconds (all its threads), the median of --repeat runs (default 3). The fast job
 runs three times: without a tokenizer, with the default model's (token counts for the too_long rule), and with
 ftfy's repair off (data.repair_text: false; not a default, it shows what the repair of the mojibake in ~22% of
-these tweets costs).
+these tweets costs). The fast job's baseline, alternated with it in the same run, is the glue it replaces: a
+plain loop of json, ftfy.fix_text + NFC, a whitespace tidy, a sha256 exact key and json.dumps of the shuffled
+splits (`glue_job`; no quarantine file, drop log, audit, report or manifest), so `speedup_vs_glue_fast` holds
+whatever the shared machine's hour.
 """
 
 from __future__ import annotations
 
 import argparse
 import csv
+import hashlib
 import json
 import platform
 import random
@@ -26,6 +30,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import unicodedata
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -163,6 +168,57 @@ print(json.dumps({{"wall_s": time.time() - t, "cpu_s": time.process_time() - c, 
     return json.loads(r.stdout.strip().splitlines()[-1])
 
 
+GLUE_ROLES = {"system", "user", "assistant", "function", "tool"}
+
+
+def glue(src: Path, out: Path) -> dict:
+    """Validate + clean + exact dedup + split as a team writes it today with the field's libraries (the
+    baseline of the fast job): json per line, role and content checks, ftfy.fix_text (its defaults, which
+    unescape HTML entities here) + NFC + one space per whitespace run, a sha256 of the casefolded text,
+    a seeded shuffle and json.dumps per kept row."""
+    import ftfy
+
+    seen, kept, rejected, dropped = set(), [], 0, 0
+    with open(src, "rb") as f:
+        for raw in f:
+            try:
+                row = json.loads(raw.decode("utf-8"))
+            except ValueError:  # (UnicodeDecodeError is one)
+                rejected += 1
+                continue
+            msgs = row.get("messages") if isinstance(row, dict) else None
+            if not isinstance(msgs, list) or not msgs or not all(
+                    isinstance(m, dict) and m.get("role") in GLUE_ROLES and isinstance(m.get("content"), str)
+                    and m["content"].strip() for m in msgs):
+                rejected += 1
+                continue
+            for m in msgs:
+                m["content"] = " ".join(unicodedata.normalize("NFC", ftfy.fix_text(m["content"])).split())
+            text = "\n".join(m["content"] for m in msgs if m["role"] != "system")
+            key = hashlib.sha256(" ".join(text.casefold().split()).encode("utf-8", "surrogatepass")).digest()
+            if key in seen:
+                dropped += 1
+                continue
+            seen.add(key)
+            kept.append(row)
+    random.Random(0).shuffle(kept)
+    cut = [0, int(len(kept) * 0.9), int(len(kept) * 0.95), len(kept)]
+    out.mkdir(parents=True, exist_ok=True)
+    for name, a, b in zip(("train", "validation", "test"), cut, cut[1:]):
+        with open(out / f"{name}.jsonl", "w", encoding="utf-8") as f:
+            for r in kept[a:b]:
+                f.write(json.dumps(r) + "\n")
+    return {"kept": len(kept), "rejected": rejected, "dropped": dropped}
+
+
+def glue_job(path: Path, out: Path) -> dict:
+    """glue() in a child process, timed like run_job."""
+    r = subprocess.run([sys.executable, __file__, "--glue", str(path), str(out)], capture_output=True, text=True)
+    if r.returncode:
+        raise SystemExit(r.stderr[-3000:])
+    return json.loads(r.stdout.strip().splitlines()[-1])
+
+
 def neardup_quality(out: Path, rows: list, truth: dict) -> tuple[float, float]:
     def seen_as(content: str) -> str:  # what prepare compared: the cleaned, redacted text
         return pii.redact(clean_text(content))[0]
@@ -241,7 +297,13 @@ def main() -> None:
     ap.add_argument("--memory-rows", type=int, default=0, help="only run the memory job on this many rows")
     ap.add_argument("--repeat", type=int, default=3, help="runs of each job; rows/s is their median (the shared "
                                                           "2-core VM varies by +-20% from run to run)")
+    ap.add_argument("--glue", nargs=2, metavar=("SRC", "OUT"), help=argparse.SUPPRESS)  # glue_job's child
     args = ap.parse_args()
+    if args.glue:
+        c = time.process_time()
+        counts = glue(Path(args.glue[0]), Path(args.glue[1]))
+        print(json.dumps({"cpu_s": time.process_time() - c, "counts": counts}))
+        return
     out = ROOT / "bench" / "results" / "data_prep.json"
     if args.memory_rows:
         return memory_run(args.memory_rows, out)
@@ -249,15 +311,16 @@ def main() -> None:
     tmp = Path(tempfile.mkdtemp(prefix="tuneloop-bench-"))
     src = tmp / "rows.jsonl"
     write_rows(rows, src)
-    runs = {"fast": [], "neardup": [], "fast_tokenizer": [], "fast_without_repair": []}
+    runs = {"fast": [], "neardup": [], "fast_tokenizer": [], "fast_without_repair": [], "glue": []}
     for _ in range(args.repeat):  # alternated, so a slow spell of the machine does not hit one job only
         runs["fast"].append(run_job(src, tmp / "fast", "exact"))
+        runs["glue"].append(glue_job(src, tmp / "glue"))
         runs["neardup"].append(run_job(src, tmp / "near", "near"))
         runs["fast_tokenizer"].append(run_job(src, tmp / "tok", "exact", TOKENIZER))
         runs["fast_without_repair"].append(run_job(src, tmp / "norepair", "exact", repair=False))
     assert all(r["counts"] == v[0]["counts"] for v in runs.values() for r in v), "runs disagree on the counts"
-    fast, full, tok, norepair = (sorted(runs[k], key=lambda r: r["cpu_s"])[len(runs[k]) // 2]
-                                 for k in ("fast", "neardup", "fast_tokenizer", "fast_without_repair"))
+    fast, full, tok, norepair, plain = (sorted(runs[k], key=lambda r: r["cpu_s"])[len(runs[k]) // 2]
+                                        for k in ("fast", "neardup", "fast_tokenizer", "fast_without_repair", "glue"))
     precision, recall = neardup_quality(tmp / "near", rows, truth)
     pii_p, pii_r = pii_quality(truth)
     texts = list(dict.fromkeys(r["messages"][0]["content"] + "\n" + r["messages"][-1]["content"] for r in rows
@@ -277,11 +340,15 @@ def main() -> None:
         "neardup_precision": round(precision, 4), "neardup_recall": round(recall, 4),
         "pii_precision": round(pii_p, 4), "pii_recall": round(pii_r, 4),
         "speedup_vs_datasketch": round(base["datasketch_cpu_s"] / max(base["ours_cpu_s"], 1e-9), 2),
+        "rows_per_s_per_core_glue": round(len(rows) / plain["cpu_s"]),
+        "speedup_vs_glue_fast": round(plain["cpu_s"] / fast["cpu_s"], 2),
         "peak_rss_mb": round(max(r["peak_rss_mb"] for k in ("fast", "neardup") for r in runs[k])),  # the stage alone
         "machine": {"cpu": cpu, "cores": os.cpu_count()},
         "detail": {"fast": fast, "neardup": full, "fast_tokenizer": {"tokenizer": TOKENIZER, **tok},
                    "fast_without_repair": norepair,
-                   "neardup_job": base,
+                   "neardup_job": base, "glue": plain,
+                   "speedup_vs_glue_fast_each_run": [round(g["cpu_s"] / f["cpu_s"], 2)
+                                                     for f, g in zip(runs["fast"], runs["glue"])],
                    "rows_per_s_per_core_each_run": {k: [round(len(rows) / r["cpu_s"]) for r in v]
                                                     for k, v in runs.items()},
                    "planted": {k: len(v) for k, v in truth.items()}, "threshold": THRESHOLD,
@@ -289,7 +356,9 @@ def main() -> None:
                            "without a tokenizer (no too_long rule), fast_tokenizer is the fast job with the "
                            "default model's tokenizer counting every row's tokens (CPU of all its threads); "
                            "fast_without_repair is the fast job with data.repair_text off (no ftfy: what the "
-                           "repair of the source's mojibake costs, not a default)"},
+                           "repair of the source's mojibake costs, not a default); glue is the plain json + "
+                           "ftfy + sha256 loop the fast job replaces (bench/data_prep.py glue), run right after "
+                           "each fast run: speedup_vs_glue_fast = its median CPU / the fast job's"},
     }
     if out.is_file():  # keep the memory run's keys (bench/data_prep.py --memory-rows 1000000)
         old = json.loads(out.read_text())
