@@ -343,7 +343,8 @@ def reference_pairs(sigs: np.ndarray, bands: int, rows: int) -> set:
 
 @settings(max_examples=500, deadline=None)
 @given(st.lists(st.sampled_from(["a", "B", " ", "  ", "\n", "\n\n", "\t", "é", "ß", "\u0130", "\u212a", "\u00a0",
-                                 "\u2028", "\u202f", "\u1680", "\u3000", "\ud800", "\x1c", "x y", "Ǆ"]), max_size=12))
+                                 "\u2028", "\u202f", "\u1680", "\u3000", "\ud800", "\x1c", "x y", "Ǆ", "Σ", "ς",
+                                 "\ufb01", "\U0001f600", "Ä", "\u017f", "\x85", "\u13a0"]), max_size=12))
 def test_exact_key_is_the_hash_of_the_casefolded_words(parts):
     text = "".join(parts)
     assert dedup.exact_key(text) == hash(" ".join(text.casefold().split()).encode("utf-8", "surrogatepass"))
