@@ -28,7 +28,8 @@ _MIX = np.uint64(0x9E3779B97F4A7C15)  # odd 64-bit constant (golden ratio) to co
 
 # ASCII as casefold() + str.split() see it: letters lowered, whitespace (\t \n \v \f \r, the four separators
 # \x1c-\x1f) -> " " (one translate instead of lower() and a translate: a copy less per row)
-_FOLD_ASCII = bytes(32 if b in b"\t\n\x0b\x0c\r\x1c\x1d\x1e\x1f" else b + 32 if 65 <= b <= 90 else b for b in range(256))
+_FOLD_ASCII = bytes(32 if b in b"\t\n\x0b\x0c\r\x1c\x1d\x1e\x1f" else b + 32 if 65 <= b <= 90 else b
+                    for b in range(256))
 
 
 def exact_key(text: str) -> int:
