@@ -162,7 +162,12 @@ res = prepare(cfg, tok, Path({str(out)!r}), 0, load_splits=False)
 print(json.dumps({{"wall_s": time.time() - t, "cpu_s": time.process_time() - c, "counts": res.ledger.to_dict(),
                   "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}}))
 """
-    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    return _child([sys.executable, "-c", code])
+
+
+def _child(argv: list) -> dict:
+    """Run a timed job in its own process; its last stdout line is its JSON result."""
+    r = subprocess.run(argv, capture_output=True, text=True)
     if r.returncode:
         raise SystemExit(r.stderr[-3000:])
     return json.loads(r.stdout.strip().splitlines()[-1])
@@ -213,10 +218,7 @@ def glue(src: Path, out: Path) -> dict:
 
 def glue_job(path: Path, out: Path) -> dict:
     """glue() in a child process, timed like run_job."""
-    r = subprocess.run([sys.executable, __file__, "--glue", str(path), str(out)], capture_output=True, text=True)
-    if r.returncode:
-        raise SystemExit(r.stderr[-3000:])
-    return json.loads(r.stdout.strip().splitlines()[-1])
+    return _child([sys.executable, __file__, "--glue", str(path), str(out)])
 
 
 def neardup_quality(out: Path, rows: list, truth: dict) -> tuple[float, float]:
