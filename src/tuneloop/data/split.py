@@ -10,10 +10,11 @@ contamination check), so the requested train size is still met when enough rows 
 
 from __future__ import annotations
 
-import random
 from collections import defaultdict
 from dataclasses import dataclass
 from typing import Callable
+
+import numpy as np
 
 from tuneloop.errors import UserError
 
@@ -56,15 +57,20 @@ def balanced_quota(counts: dict, n: int) -> dict:
 def split_rows(labels: list, sizes: Sizes, stratify: bool, seed: int, balance_train: bool = False,
                before_train: Callable | None = None) -> tuple[dict, list, list, dict]:
     """Returns (split -> row indices, unused indices, indices removed by before_train, sampling notes)."""
-    rng = random.Random(seed)
-    order = list(range(len(labels)))
-    rng.shuffle(order)
+    # numpy's PCG64 permutations: random.shuffle draws each swap in Python (~1 us a row, twice: 2-3% of a fast
+    # prepare of 200k rows); a seed gives the same splits on any machine with the same numpy (Generator streams
+    # have been stable since 1.17, without a formal promise; random.shuffle has none either)
+    rng = np.random.default_rng(seed)
+    order = rng.permutation(len(labels)).tolist()
     pools: dict = defaultdict(list)
-    for i in order:
-        pools[labels[i] if stratify else ""].append(i)
+    if stratify:
+        for i in order:
+            pools[labels[i]].append(i)
+    else:
+        pools[""] = order
     n = len(labels)
     out, removed = {}, []
-    notes = {"seed": seed, "stratified": stratify, "balanced_train": balance_train}
+    notes = {"seed": seed, "shuffle": "numpy PCG64", "stratified": stratify, "balanced_train": balance_train}
     for name in ("test", "validation", "train"):
         if name == "train" and before_train is not None:
             gone = set(before_train(out["test"] + out["validation"], [i for p in pools.values() for i in p]))
@@ -85,7 +91,7 @@ def split_rows(labels: list, sizes: Sizes, stratify: bool, seed: int, balance_tr
         for k, c in q.items():
             picked += pools[k][:c]
             pools[k] = pools[k][c:]
-        rng.shuffle(picked)
+        picked = np.asarray(picked, dtype=np.int64)[rng.permutation(len(picked))].tolist()
         out[name] = picked
     unused = sorted(i for p in pools.values() for i in p)
     return {k: out[k] for k in SPLITS}, unused, removed, notes
