@@ -587,6 +587,40 @@ def test_prepare_with_and_without_the_plain_chat_path_writes_the_same(tmp_path, 
     assert outs[0] == outs[1] and outs[0][1]["kept"] > 300
 
 
+
+def test_repeated_lines_get_the_verdict_of_their_first_copy(tmp_path, monkeypatch):
+    """A line byte for byte the same as an earlier one is dropped as the duplicate that deciding it again would
+    find (prepare remembers the verdict by the line's digest): the outputs equal those of the same rows written
+    so that no two lines are the same bytes (trailing spaces), while fewer rows reach the exact key."""
+    from tuneloop.data import prepare as prep
+
+    rng = random.Random(6)
+    lines = [json.dumps(r) for r in _chat_rows(500, rng)]
+    seq = lines + [rng.choice(lines) for _ in range(500)]
+    seq = rng.sample(seq, len(seq))
+    seen: dict = {}
+    variant = []
+    for line in seq:  # each later copy of a line with one more trailing space: the same JSON, other bytes
+        seen[line] = seen.get(line, -1) + 1
+        variant.append(line + " " * seen[line])
+    keys = []
+    monkeypatch.setattr(prep.dedup, "exact_key", lambda text, f=prep.dedup.exact_key: keys.append(1) or f(text))
+    outs = []
+    for k, rows in enumerate((seq, variant)):
+        src = tmp_path / f"rows{k}.jsonl"
+        src.write_text("".join(line + "\n" for line in rows))
+        keys.clear()
+        cfg = DataConfig(source=str(src), task="generation", pii="all", dedup="near", train_size=0.8,
+                         validation_size=0.1, test_size=0.1)
+        res = prepare(cfg, None, tmp_path / f"out{k}", 0, load_splits=False)
+        outs.append(({p.name: p.read_bytes() for p in (tmp_path / f"out{k}").iterdir() if p.suffix == ".jsonl"},
+                     res.ledger.to_dict(), res.manifest["warnings"], res.manifest["pii"], len(keys)))
+    (files0, *rest0), (files1, *rest1) = outs
+    assert files0.keys() == files1.keys() and rest0[:3] == rest1[:3]
+    for name in files0:  # the dropped log and the quarantine name their source file
+        assert files0[name] == files1[name].replace(b"rows1.jsonl", b"rows0.jsonl"), name
+    assert rest0[0]["dropped"]["duplicate"] > 150 and rest0[3] < rest1[3] - 150
+
 # Lines whose ASCII far from mojibake decides nothing, and the lines that would go wrong if the skeleton's
 # context were shorter (ftfy's "Ã quele" lookahead, 5+ characters after the space) or if "&" were let in.
 FAR_CASES = ["vou Ã quele lugar agora mesmo com todos os amigos da escola",

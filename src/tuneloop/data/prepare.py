@@ -143,6 +143,9 @@ class Stage:
         self.ledger, self.cand = Ledger(), Candidates()
         self.pii_counts, self.warnings, self.examples = Counter(), Counter(), {}
         self.seen: dict = {}  # exact key -> first line
+        # a read line's digest -> (first line of its exact key, its warnings), for lines that reached the exact
+        # check: a byte-identical line later is that key's duplicate too (the bench's tweets: 7.6% of lines)
+        self.repeats: dict = {}
         self.label_ids: dict = {}  # label -> its first string object, so 1M labels share a few strings
         self.terms = bias.matchers(bias.identity_terms())
         # settings under which a plain chat row may take _plain_chat (the others change what a row becomes)
@@ -228,6 +231,12 @@ def _plain_chat(st: Stage, row) -> tuple | None:
 def _row_pass(st: Stage, row, fmt: str) -> None:
     """Validate, clean and filter one row; a survivor is queued for the batched steps."""
     cfg = st.cfg
+    if row.digest is not None:
+        repeat = st.repeats.get(row.digest)
+        if repeat is not None:  # the same bytes as an earlier line: the same row, warnings and key (~35 us less)
+            for w in repeat[1]:
+                st.warnings[w] += 1
+            return st.drop(row.line, row.source, "duplicate", of_line=repeat[0])
     plain = _plain_chat(st, row) if fmt == "chat" and st.plain_chat else None
     if plain:
         ex, text, warnings = plain
@@ -250,10 +259,11 @@ def _row_pass(st: Stage, row, fmt: str) -> None:
     if failed:
         return st.drop(row.line, row.source, failed)
     if cfg.dedup != "none":
-        key = dedup.exact_key(text)
-        if key in st.seen:
-            return st.drop(row.line, row.source, "duplicate", of_line=st.seen[key])
-        st.seen[key] = row.line
+        first = st.seen.setdefault(dedup.exact_key(text), row.line)
+        if row.digest is not None:
+            st.repeats[row.digest] = (first, warnings)
+        if first != row.line:
+            return st.drop(row.line, row.source, "duplicate", of_line=first)
     if st.pii_types:  # after the exact check: dropped rows need none
         pii.redact_example(ex, st.pii_types, st.pii_counts)
     st.pending.append((ex, text))
