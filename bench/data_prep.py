@@ -22,7 +22,7 @@ import argparse
 import csv
 import hashlib
 import json
-import platform
+import os
 import random
 import re
 import shutil
@@ -39,6 +39,8 @@ sys.path.insert(0, str(ROOT / "src"))
 from tuneloop.data import dedup, pii  # noqa: E402
 from tuneloop.data.clean import clean_text  # noqa: E402
 from tuneloop.data.formats import airline_csv  # noqa: E402
+
+from machine import cpu_name, python_build  # noqa: E402  (bench/ is this script's folder)
 
 THRESHOLD = 0.8
 TOKENIZER = "bundled:smollm2-135m-instruct"  # the default model's tokenizer, for the job with the too_long rule
@@ -329,10 +331,6 @@ def main() -> None:
                                if r and len(r.get("messages", [])) == 2))
     base = baselines(texts)
     shutil.rmtree(tmp)
-    cpu = next((ln.split(":", 1)[1].strip() for ln in open("/proc/cpuinfo") if ln.startswith("model name")),
-               platform.processor())
-    import os
-
     result = {
         "rows": len(rows),
         "rows_per_s_per_core_fast": round(len(rows) / fast["cpu_s"]),
@@ -345,7 +343,7 @@ def main() -> None:
         "rows_per_s_per_core_glue": round(len(rows) / plain["cpu_s"]),
         "speedup_vs_glue_fast": round(plain["cpu_s"] / fast["cpu_s"], 2),
         "peak_rss_mb": round(max(r["peak_rss_mb"] for k in ("fast", "neardup") for r in runs[k])),  # the stage alone
-        "machine": {"cpu": cpu, "cores": os.cpu_count()},
+        "machine": {"cpu": cpu_name(), "cores": os.cpu_count(), **python_build()},
         "detail": {"fast": fast, "neardup": full, "fast_tokenizer": {"tokenizer": TOKENIZER, **tok},
                    "fast_without_repair": norepair,
                    "neardup_job": base, "glue": plain,

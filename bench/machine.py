@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import platform
+import sys
 from pathlib import Path
 
 
@@ -14,3 +16,15 @@ def cpu_name() -> str:
     except OSError:
         pass
     return platform.processor() or platform.machine() or "unknown"
+
+
+def python_build() -> dict:
+    """The interpreter a bench ran on: version, real path, and whether libpython is a shared library (as in a
+    default pyenv build, which runs the data stage with ~25% more CPU than a static PGO+LTO one; see
+    scripts/pick_python.sh). None where /proc is missing."""
+    try:
+        shared = "libpython" in Path("/proc/self/maps").read_text()
+    except OSError:
+        shared = None
+    return {"python": platform.python_version(), "python_executable": os.path.realpath(sys.executable),
+            "libpython_shared": shared}
