@@ -16,7 +16,8 @@ candidates=()
 for c in "$default" "/usr/bin/python$version" "$(command -v "python$version" || true)"; do
   [ -n "$c" ] && [ -x "$c" ] || continue
   # "X.Y realpath" from the interpreter itself (a pyenv shim is a script: its own path names no build)
-  info="$("$c" -c 'import os, sys, venv, ensurepip; print("%d.%d" % sys.version_info[:2], os.path.realpath(sys.executable))' 2>/dev/null || true)"
+  info="$("$c" -c 'import os, sys, venv, ensurepip
+print("%d.%d" % sys.version_info[:2], os.path.realpath(sys.executable))' 2>/dev/null || true)"
   [ "${info%% *}" = "$version" ] || continue
   real="${info#* }"
   [ -z "${seen[$real]:-}" ] || continue
