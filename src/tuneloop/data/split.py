@@ -91,7 +91,7 @@ def split_rows(labels: list, sizes: Sizes, stratify: bool, seed: int, balance_tr
         for k, c in q.items():
             picked += pools[k][:c]
             pools[k] = pools[k][c:]
-        picked = np.asarray(picked, dtype=np.int64)[rng.permutation(len(picked))].tolist()
+        picked = rng.permutation(picked).tolist()
         out[name] = picked
     unused = sorted(i for p in pools.values() for i in p)
     return {k: out[k] for k in SPLITS}, unused, removed, notes
