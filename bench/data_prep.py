@@ -142,16 +142,19 @@ def build(n: int, seed: int = 0) -> tuple[list, dict]:
     return rows, truth
 
 
-def run_job(path: Path, out: Path, dedup_mode: str, tokenizer: str | None = None, repair: bool = True) -> dict:
+def run_job(path: Path, out: Path, dedup_mode: str, tokenizer: str | None = None, repair: bool = True,
+            pure: bool = False) -> dict:
     """prepare() in a child process; returns its wall, CPU seconds and peak RSS. With `tokenizer` (a model
     spec) the too_long rule counts tokens with that model's tokenizer and chat template (loaded untimed);
-    `repair` False turns ftfy's repair off (data.repair_text), to show what it costs."""
+    `repair` False turns ftfy's repair off (data.repair_text), to show what it costs; `pure` runs the Python
+    of the stage's C steps (TUNELOOP_PURE_PYTHON, tuneloop/data/speedups.py), to show what they save."""
     code = f"""
 import json, resource, sys, time
 sys.path.insert(0, {str(ROOT / 'src')!r})
 from pathlib import Path
 from tuneloop.config import DataConfig
 from tuneloop.data.prepare import prepare
+from tuneloop.data.speedups import NATIVE
 tok = None
 if {tokenizer!r}:
     from tuneloop.models.sources import load_tokenizer, resolve
@@ -161,15 +164,15 @@ cfg = DataConfig(source={str(path)!r}, task="generation", dedup={dedup_mode!r}, 
                  repair_text={repair!r})
 t, c = time.time(), time.process_time()
 res = prepare(cfg, tok, Path({str(out)!r}), 0, load_splits=False)
-print(json.dumps({{"wall_s": time.time() - t, "cpu_s": time.process_time() - c, "counts": res.ledger.to_dict(),
+print(json.dumps({{"wall_s": time.time() - t, "cpu_s": time.process_time() - c, "counts": res.ledger.to_dict(), "c_steps": NATIVE,
                   "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}}))
 """
-    return _child([sys.executable, "-c", code])
+    return _child([sys.executable, "-c", code], {"TUNELOOP_PURE_PYTHON": "1" if pure else ""})
 
 
-def _child(argv: list) -> dict:
+def _child(argv: list, env: dict | None = None) -> dict:
     """Run a timed job in its own process; its last stdout line is its JSON result."""
-    r = subprocess.run(argv, capture_output=True, text=True)
+    r = subprocess.run(argv, capture_output=True, text=True, env={**os.environ, **(env or {})})
     if r.returncode:
         raise SystemExit(r.stderr[-3000:])
     return json.loads(r.stdout.strip().splitlines()[-1])
@@ -315,16 +318,19 @@ def main() -> None:
     tmp = Path(tempfile.mkdtemp(prefix="tuneloop-bench-"))
     src = tmp / "rows.jsonl"
     write_rows(rows, src)
-    runs = {"fast": [], "neardup": [], "fast_tokenizer": [], "fast_without_repair": [], "glue": []}
+    runs = {"fast": [], "neardup": [], "fast_tokenizer": [], "fast_without_repair": [], "fast_pure_python": [],
+            "glue": []}
     for _ in range(args.repeat):  # alternated, so a slow spell of the machine does not hit one job only
         runs["fast"].append(run_job(src, tmp / "fast", "exact"))
         runs["glue"].append(glue_job(src, tmp / "glue"))
         runs["neardup"].append(run_job(src, tmp / "near", "near"))
         runs["fast_tokenizer"].append(run_job(src, tmp / "tok", "exact", TOKENIZER))
         runs["fast_without_repair"].append(run_job(src, tmp / "norepair", "exact", repair=False))
+        runs["fast_pure_python"].append(run_job(src, tmp / "pure", "exact", pure=True))
     assert all(r["counts"] == v[0]["counts"] for v in runs.values() for r in v), "runs disagree on the counts"
-    fast, full, tok, norepair, plain = (sorted(runs[k], key=lambda r: r["cpu_s"])[len(runs[k]) // 2]
-                                        for k in ("fast", "neardup", "fast_tokenizer", "fast_without_repair", "glue"))
+    fast, full, tok, norepair, pure, plain = (
+        sorted(runs[k], key=lambda r: r["cpu_s"])[len(runs[k]) // 2]
+        for k in ("fast", "neardup", "fast_tokenizer", "fast_without_repair", "fast_pure_python", "glue"))
     precision, recall = neardup_quality(tmp / "near", rows, truth)
     pii_p, pii_r = pii_quality(truth)
     texts = list(dict.fromkeys(r["messages"][0]["content"] + "\n" + r["messages"][-1]["content"] for r in rows
@@ -337,15 +343,16 @@ def main() -> None:
         "rows_per_s_per_core_neardup": round(len(rows) / full["cpu_s"]),
         "rows_per_s_per_core_fast_with_tokenizer": round(len(rows) / tok["cpu_s"]),
         "rows_per_s_per_core_fast_without_repair": round(len(rows) / norepair["cpu_s"]),
+        "rows_per_s_per_core_fast_pure_python": round(len(rows) / pure["cpu_s"]),
         "neardup_precision": round(precision, 4), "neardup_recall": round(recall, 4),
         "pii_precision": round(pii_p, 4), "pii_recall": round(pii_r, 4),
         "speedup_vs_datasketch": round(base["datasketch_cpu_s"] / max(base["ours_cpu_s"], 1e-9), 2),
         "rows_per_s_per_core_glue": round(len(rows) / plain["cpu_s"]),
         "speedup_vs_glue_fast": round(plain["cpu_s"] / fast["cpu_s"], 2),
         "peak_rss_mb": round(max(r["peak_rss_mb"] for k in ("fast", "neardup") for r in runs[k])),  # the stage alone
-        "machine": {"cpu": cpu_name(), "cores": os.cpu_count(), **python_build()},
+        "machine": {"cpu": cpu_name(), "cores": os.cpu_count(), **python_build(), "data_stage_c_steps": fast["c_steps"]},
         "detail": {"fast": fast, "neardup": full, "fast_tokenizer": {"tokenizer": TOKENIZER, **tok},
-                   "fast_without_repair": norepair,
+                   "fast_without_repair": norepair, "fast_pure_python": pure,
                    "neardup_job": base, "glue": plain,
                    "speedup_vs_glue_fast_each_run": [round(g["cpu_s"] / f["cpu_s"], 2)
                                                      for f, g in zip(runs["fast"], runs["glue"])],
@@ -356,7 +363,8 @@ def main() -> None:
                            "without a tokenizer (no too_long rule), fast_tokenizer is the fast job with the "
                            "default model's tokenizer counting every row's tokens (CPU of all its threads); "
                            "fast_without_repair is the fast job with data.repair_text off (no ftfy: what the "
-                           "repair of the source's mojibake costs, not a default); glue is the plain json + "
+                           "repair of the source's mojibake costs, not a default); fast_pure_python is the fast job with "
+                           "the Python of the stage's C steps (TUNELOOP_PURE_PYTHON=1); glue is the plain json + "
                            "ftfy + sha256 loop the fast job replaces (bench/data_prep.py glue), run right after "
                            "each fast run: speedup_vs_glue_fast = its median CPU / the fast job's"},
     }

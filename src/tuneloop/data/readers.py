@@ -21,17 +21,12 @@ from typing import Iterator
 
 import orjson
 
+from tuneloop.data.speedups import digit_run
 from tuneloop.errors import UserError
 
 # A row larger than this is rejected (rule row_too_large) instead of being parsed: one 10 MB line in a chat
 # file is almost always a concatenation bug, and parsing it would cost more than the rest of the file.
 MAX_ROW_BYTES = 1_000_000
-# A line holds a run of 19+ digits only if it holds 19 digits (a deleting translate counts them: ~0.4 us a tweet
-# line; ~10% of them hold that many), and then iff its translation by _DIGITS_TO_9 (every digit a "9") holds
-# nineteen "9"s in a row (~1 us: the mapping translate is the slower one). A regex search took ~3.3 us.
-_DIGITS = b"0123456789"
-_DIGITS_TO_9 = bytes(57 if 48 <= b <= 57 else b for b in range(256))
-_LONG_DIGITS = b"9" * 19
 ARROW_BATCH = 4096  # rows per Arrow record batch: bounds memory for Parquet / datasets folders
 
 
@@ -107,7 +102,7 @@ def _loads(raw: bytes):
     """orjson (~4x faster than json) for the common valid line; anything it refuses (invalid UTF-8 or JSON,
     NaN, lone-surrogate escapes) is parsed again by json, whose result and error messages are the reference.
     orjson turns integers over 64 bits into floats, so a line with a 19+ digit run goes to json directly."""
-    if len(raw) - len(raw.translate(None, _DIGITS)) < 19 or _LONG_DIGITS not in raw.translate(_DIGITS_TO_9):
+    if not digit_run(raw, 19):
         try:
             return orjson.loads(raw)
         except orjson.JSONDecodeError:

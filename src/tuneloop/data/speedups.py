@@ -1,0 +1,62 @@
+"""Three per-row steps of the data stage, in C where `_speedups.c` was built, else in the Python here.
+
+    from tuneloop.data.speedups import NATIVE, word_hits, ascii_key, digit_run
+    TUNELOOP_PURE_PYTHON=1 tuneloop data prepare ...     # the Python below even where the C is built
+
+The Python functions are the reference: the C ones return the same (tests/unit/test_speedups.py compares them
+on random input) without a Python object per word or a copy per line. `pip install -e .` builds the C where a
+compiler and the Python headers are (setuptools, marked optional: elsewhere the install goes on without it).
+On the data bench's fast job the C saves ~13% of the CPU (bench/data_prep.py runs it both ways).
+"""
+
+from __future__ import annotations
+
+import os
+
+LETTERS = bytes(b if 65 <= b <= 90 or 97 <= b <= 122 else 32 for b in range(256))  # non-letters -> " "
+LETTERS_LOWER = bytes(b + 32 if 65 <= b <= 90 else b if 97 <= b <= 122 else 32 for b in range(256))
+# ASCII as casefold() + str.split() see it: letters lowered, whitespace (\t \n \v \f \r, the four separators
+# \x1c-\x1f) -> " "
+FOLD_ASCII = bytes(32 if b in b"\t\n\x0b\x0c\r\x1c\x1d\x1e\x1f" else b + 32 if 65 <= b <= 90 else b
+                   for b in range(256))
+_DIGITS_TO_9 = bytes(57 if 48 <= b <= 57 else b for b in range(256))
+
+
+def py_word_filter(keys) -> None:
+    """The Python word_hits needs no filter."""
+    return None
+
+
+def py_word_hits(text: str | bytes, keys: frozenset, filt: bytes | None, lower: bool) -> frozenset:
+    """The [A-Za-z]+ runs of text (an ASCII str or bytes; with `lower`, lowered) that are in keys: a bytes
+    translate makes every other byte a space (a multi-byte character's bytes are >= 0x80, so they separate words
+    as they do in the regex [A-Za-z]+), split() gives the words, the intersection runs at C speed."""
+    raw = text.encode("ascii") if isinstance(text, str) else text
+    return keys.intersection(raw.translate(LETTERS_LOWER if lower else LETTERS).split())
+
+
+def py_ascii_key(text: str) -> int:
+    """hash(" ".join(text.lower().split()).encode()) for ASCII text: whitespace translated to spaces with the
+    letters lowered (on ASCII, casefold() is lower()), runs of spaces halved until single (cleaned text has none
+    longer than two), the ends stripped."""
+    b = text.encode("ascii").translate(FOLD_ASCII)
+    while b"  " in b:
+        b = b.replace(b"  ", b" ")
+    return hash(b.strip(b" "))
+
+
+def py_digit_run(data: bytes, n: int) -> bool:
+    """Whether the bytes hold n or more ASCII digits in a row: a deleting translate counts the digits (~0.4 us a
+    tweet line), and only a line with n of them is translated again, every digit a "9", and searched."""
+    return len(data) - len(data.translate(None, b"0123456789")) >= n and b"9" * n in data.translate(_DIGITS_TO_9)
+
+
+try:
+    if os.environ.get("TUNELOOP_PURE_PYTHON"):
+        raise ImportError("TUNELOOP_PURE_PYTHON is set")
+    from tuneloop.data._speedups import ascii_key, digit_run, word_filter, word_hits
+
+    NATIVE = True
+except ImportError:
+    word_filter, word_hits, ascii_key, digit_run = py_word_filter, py_word_hits, py_ascii_key, py_digit_run
+    NATIVE = False

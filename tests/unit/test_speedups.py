@@ -1,0 +1,111 @@
+"""The data stage's C steps (tuneloop/data/_speedups.c) equal their Python references (speedups.py).
+
+    pytest tests/unit/test_speedups.py
+
+`make setup` builds the C (gcc and the Python headers are on every machine this project runs on), so these
+tests fail, not skip, where it is missing: a missing build would otherwise pass unseen as a slower stage.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from tuneloop.data import _speedups as C
+from tuneloop.data import audit, speedups
+
+# bytes and characters the steps treat differently: letters of both cases and their neighbours in ASCII, every
+# whitespace class, digits, NUL/DEL, and UTF-8 lead/continuation bytes (>= 0x80 separate words)
+ASCII_PARTS = ["a", "Z", "m", "@", "[", "`", "{", " ", "  ", "\t", "\n", "\x0b", "\x0c", "\r", "\x1c", "\x1f", "\x00",
+               "\x7f", "0", "9", "/", ":", "he", "She", "HIS", "man", "Bill", "bill", "old man", "x" * 40]
+ascii_texts = st.lists(st.sampled_from(ASCII_PARTS), max_size=16).map("".join)
+raw_bytes = st.lists(st.sampled_from([p.encode() for p in ASCII_PARTS] + [b"\xc3", b"\xa9", b"\xff", b"\x80",
+                                                                          "Jamal\u00e9".encode()]), max_size=16)
+
+
+@settings(max_examples=400, deadline=None)
+@given(ascii_texts, raw_bytes, st.lists(st.sampled_from(["he", "she", "his", "man", "bill", "Bill", "x" * 40, "a",
+                                                         "old man", "zz", "HIS"]), max_size=8), st.booleans())
+def test_word_hits_equals_translate_split_intersection(text, raw, keys, lower):
+    keys = frozenset(k.encode() for k in keys)
+    data = b"".join(raw)
+    for t in (text, text.encode(), data):
+        assert C.word_hits(t, keys, C.word_filter(keys), lower) == speedups.py_word_hits(t, keys, None, lower)
+
+
+def test_word_hits_finds_every_identity_term_as_a_word():
+    """With the real tables (185 lowered keys, a filter of 65,536 bits): each key alone, at either end, between
+    separators and in any case is found; a key inside a longer word is not."""
+    m = audit.matchers(audit.identity_terms())
+    for key in m.lowered_keys:
+        word = key.decode()
+        if not word.isalpha():
+            continue
+        for text in (word, word.upper(), f"x {word}", f"{word}, y", f"1{word}2", f"é{word}é".encode()):
+            assert C.word_hits(text, m.lowered_keys, m.lowered_filter, True) == {key}, text
+        assert not C.word_hits(f"q{word}q", m.lowered_keys, m.lowered_filter, True) - {b"q"}
+
+
+@settings(max_examples=500, deadline=None)
+@given(ascii_texts)
+def test_ascii_key_equals_python(text):
+    assert C.ascii_key(text) == speedups.py_ascii_key(text) == hash(" ".join(text.lower().split()).encode())
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.lists(st.sampled_from([b"1", b"23", b"4567890", b"9" * 18, b"0" * 19, b"a", b" ", b"-", b"\xff", b"."]),
+                max_size=12), st.integers(-1, 25))
+def test_digit_run_equals_python(parts, n):
+    data = b"".join(parts)
+    assert C.digit_run(data, n) == speedups.py_digit_run(data, n)
+
+
+def test_wrong_input_is_a_clear_error():
+    with pytest.raises(ValueError, match="ASCII"):
+        C.ascii_key("caf\u00e9")
+    with pytest.raises(ValueError, match="ASCII"):
+        C.word_hits("caf\u00e9", frozenset(), C.word_filter([]), True)
+    with pytest.raises(TypeError, match="filter"):
+        C.word_hits("x", frozenset(), b"short", True)
+    with pytest.raises(TypeError, match="bytes"):
+        C.word_filter(["not bytes"])
+
+
+def test_native_and_pure_python_prepare_write_the_same_files(tmp_path):
+    """The whole data stage with the C steps and with TUNELOOP_PURE_PYTHON=1 (a fresh process each: the choice
+    is made at import): byte-for-byte the same splits, drops and manifest, identity groups included."""
+    rows = []
+    for i in range(300):
+        who = ["my sister", "Jamal", "the old man", "a Muslim family", "my grandpa", "someone"][i % 6]
+        text = f"{who} flew with us, flight {i % 40}, and   the seat was {'great' if i % 3 else 'BROKEN'}"
+        rows.append({"messages": [{"role": "user", "content": text},
+                                  {"role": "assistant", "content": f"Thanks {i % 7}"}], "id": 10**20 + i % 50})
+    rows.append({"messages": [{"role": "user", "content": "caf\u00e9 \u212aelvin Bill"},
+                              {"role": "assistant", "content": "ok"}]})
+    src = tmp_path / "rows.jsonl"
+    src.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    code = ("import sys; from pathlib import Path; from tuneloop.config import DataConfig; "
+            "from tuneloop.data import speedups; from tuneloop.data.prepare import prepare; "
+            "prepare(DataConfig(source=sys.argv[1]), None, Path(sys.argv[2]), 0, load_splits=False); "
+            "print(speedups.NATIVE)")
+    native = {}
+    for pure in ("", "1"):
+        env = {**os.environ, "TUNELOOP_PURE_PYTHON": pure}
+        out = tmp_path / f"out{pure}"
+        r = subprocess.run([sys.executable, "-c", code, str(src), str(out)], env=env, capture_output=True, text=True)
+        assert r.returncode == 0, r.stderr[-2000:]
+        native[pure] = r.stdout.split()[-1]
+    assert native == {"": "True", "1": "False"}
+    names = sorted(p.name for p in (tmp_path / "out").iterdir())
+    assert "manifest.json" in names and "dropped.jsonl" in names
+    for name in names:
+        assert Path(tmp_path / "out" / name).read_bytes() == Path(tmp_path / "out1" / name).read_bytes(), name
+    groups = json.loads((tmp_path / "out" / "manifest.json").read_text())["audit"]
+    assert "gender:female" in json.dumps(groups)
