@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import subprocess
 import sys
 from pathlib import Path
@@ -20,6 +21,10 @@ from hypothesis import strategies as st
 
 from tuneloop.data import _speedups as C
 from tuneloop.data import audit, speedups
+from tuneloop.data.clean import clean_text
+from tuneloop.data.validate import ROLES
+
+from .test_data_fastpaths import _chat_rows
 
 # bytes and characters the steps treat differently: letters of both cases and their neighbours in ASCII, every
 # whitespace class, digits, NUL/DEL, and UTF-8 lead/continuation bytes (>= 0x80 separate words)
@@ -67,6 +72,35 @@ def test_digit_run_equals_python(parts, n):
     assert C.digit_run(data, n) == speedups.py_digit_run(data, n)
 
 
+ASCII_CONTENT = ["hi", " hi", "hi  ", "a  b   c", "  ", " x ", "a\tb", "a\nb", "a & b", "&amp;", "x\x7f", "\x01",
+                 "~ ok ~", "x" * 1100 + "  y", " " * 1100 + "z", "A  " * 400]
+
+
+def test_plain_messages_equals_python():
+    """On the plain/non-plain row mix of the fast-path tests, ASCII contents around clean_text's first branch
+    (spaces at the ends and doubled, "&", tabs, control characters, past the C's 1,024-byte buffer), with the
+    repair on and off."""
+    rng = random.Random(5)
+    rows = _chat_rows(3000, rng)
+    for i in range(1000):
+        rows.append({"messages": [{"role": r, "content": rng.choice(ASCII_CONTENT)}
+                                  for r in rng.choice([["user", "assistant"], ["system", "user", "assistant"]])]})
+    taken = 0
+    for fields in rows:
+        fields = json.loads(json.dumps(fields))  # what the reader gives (lone surrogates included)
+        msgs = fields.get("messages")
+        if type(msgs) is not list:
+            continue
+        for repair in (True, False):
+            got = C.plain_messages(msgs, ROLES, clean_text, repair)
+            want = speedups.py_plain_messages(msgs, ROLES, clean_text, repair)
+            assert got == want, (msgs, repair)
+            if got:  # the same key order in the copies
+                assert [list(t) for t in got[0]] == [list(t) for t in want[0]]
+                taken += 1
+    assert taken > 3000
+
+
 def test_wrong_input_is_a_clear_error():
     with pytest.raises(ValueError, match="ASCII"):
         C.ascii_key("caf\u00e9")
@@ -76,6 +110,10 @@ def test_wrong_input_is_a_clear_error():
         C.word_hits("x", frozenset(), b"short", True)
     with pytest.raises(TypeError, match="bytes"):
         C.word_filter(["not bytes"])
+    with pytest.raises(TypeError, match="plain_messages"):
+        C.plain_messages("not a list", ROLES, clean_text, True)
+    with pytest.raises(ZeroDivisionError):  # an error in clean comes through, nothing leaks (refcounts)
+        C.plain_messages([{"role": "user", "content": "caf\u00e9"}], ROLES, lambda *a: 1 / 0, True)
 
 
 def test_native_and_pure_python_prepare_write_the_same_files(tmp_path):

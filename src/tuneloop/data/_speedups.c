@@ -175,7 +175,7 @@ static PyObject *ascii_key(PyObject *self, PyObject *text) {
         }
         out[k++] = lowered(c);
     }
-    PyObject *folded = PyBytes_FromStringAndSize((const char *)out, k);
+    PyObject *folded = PyBytes_FromStringAndSize(k ? (const char *)out : "", k);
     if (out != small)
         PyMem_Free(out);
     if (!folded)
@@ -210,11 +210,156 @@ static PyObject *digit_run(PyObject *self, PyObject *const *args, Py_ssize_t nar
     return PyBool_FromLong(found);
 }
 
+/* --- the plain chat row: prepare._plain_chat's loop over its messages ------------------------------------------ */
+
+static PyObject *KEY_ROLE, *KEY_CONTENT, *NEWLINE; /* interned "role", "content"; "\n" */
+
+/* clean_text's first branch: printable ASCII without "&" (or with repair off) is its spaces collapsed and its ends
+ * stripped (str.split + join / strip: printable ASCII has no other whitespace). 1 with *out set, 0 where that
+ * branch does not apply, -1 on error. */
+static int clean_printable_ascii(PyObject *s, int repair, PyObject **out) {
+    if (!PyUnicode_IS_ASCII(s))
+        return 0;
+    const unsigned char *p = PyUnicode_1BYTE_DATA(s);
+    Py_ssize_t n = PyUnicode_GET_LENGTH(s), a = 0, b = n;
+    int doubles = 0;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        unsigned char c = p[i];
+        if (c < 0x20 || c > 0x7e || (c == '&' && repair))
+            return 0;
+        doubles |= c == ' ' && i + 1 < n && p[i + 1] == ' ';
+    }
+    while (a < b && p[a] == ' ')
+        a++;
+    while (b > a && p[b - 1] == ' ')
+        b--;
+    if (!doubles) {
+        *out = PyUnicode_Substring(s, a, b); /* (s itself when nothing is stripped) */
+        return *out ? 1 : -1;
+    }
+    unsigned char small[1024], *buf = b - a <= (Py_ssize_t)sizeof small ? small : PyMem_Malloc(b - a);
+    if (!buf) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    Py_ssize_t k = 0;
+    for (Py_ssize_t i = a; i < b; i++)
+        if (p[i] != ' ' || p[i - 1] != ' ') /* (i > a whenever p[i] is a space: the ends are stripped) */
+            buf[k++] = p[i];
+    *out = PyUnicode_FromKindAndData(PyUnicode_1BYTE_KIND, k ? buf : (const unsigned char *)"", k);
+    if (buf != small)
+        PyMem_Free(buf);
+    return *out ? 1 : -1;
+}
+
+/* str.isspace() (False for "") */
+static int is_space(PyObject *s) {
+    Py_ssize_t n = PyUnicode_GET_LENGTH(s);
+    int kind = PyUnicode_KIND(s);
+    const void *data = PyUnicode_DATA(s);
+    for (Py_ssize_t i = 0; i < n; i++)
+        if (!Py_UNICODE_ISSPACE(PyUnicode_READ(kind, data, i)))
+            return 0;
+    return n > 0;
+}
+
+/* validate.valid_utf8: no lone surrogate (only 2- and 4-byte kinds can hold one) */
+static int no_surrogate(PyObject *s) {
+    int kind = PyUnicode_KIND(s);
+    if (kind == PyUnicode_1BYTE_KIND)
+        return 1;
+    const void *data = PyUnicode_DATA(s);
+    Py_ssize_t n = PyUnicode_GET_LENGTH(s);
+    for (Py_ssize_t i = 0; i < n; i++) {
+        Py_UCS4 c = PyUnicode_READ(kind, data, i);
+        if (c >= 0xD800 && c <= 0xDFFF)
+            return 0;
+    }
+    return 1;
+}
+
+PyDoc_STRVAR(plain_messages_doc,
+"plain_messages(msgs, roles, clean, repair) -> (turns, roles, trained) | None\n\n"
+"speedups.py_plain_messages: each message a dict of exactly role and content, the role (a str) in roles, the\n"
+"content a str neither empty, blank nor holding a lone surrogate, and clean(content, False, False, repair)\n"
+"not empty; printable ASCII is cleaned here as clean_text's first branch does it. Returns copies of the\n"
+"messages with the cleaned contents, the roles as a tuple and the non-system contents joined by newlines;\n"
+"None for any other list.");
+
+static PyObject *plain_messages(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 4 || !PyList_Check(args[0]) || !PyAnySet_Check(args[1])) {
+        PyErr_SetString(PyExc_TypeError, "plain_messages(msgs: list, roles: set, clean, repair)");
+        return NULL;
+    }
+    PyObject *msgs = args[0], *roles = args[1], *clean = args[2];
+    int repair = PyObject_IsTrue(args[3]);
+    if (repair < 0)
+        return NULL;
+    PyObject *turns = PyList_New(0), *seen = PyList_New(0), *trained = PyList_New(0), *result = NULL;
+    if (!turns || !seen || !trained)
+        goto done;
+    for (Py_ssize_t i = 0; i < PyList_GET_SIZE(msgs); i++) { /* (the size read each time: clean may run Python) */
+        PyObject *m = PyList_GET_ITEM(msgs, i);
+        if (!PyDict_CheckExact(m) || PyDict_GET_SIZE(m) != 2)
+            goto plain_not;
+        Py_INCREF(m);
+        PyObject *role = PyDict_GetItemWithError(m, KEY_ROLE), *content = role ? PyDict_GetItemWithError(m, KEY_CONTENT) : NULL;
+        int ok = role && content && PyUnicode_CheckExact(role) && PyUnicode_CheckExact(content);
+        if (ok) {
+            ok = PySet_Contains(roles, role);
+            if (ok < 0) {
+                Py_DECREF(m);
+                goto done;
+            }
+        }
+        ok = ok && !is_space(content) && PyUnicode_GET_LENGTH(content) > 0 && no_surrogate(content);
+        PyObject *text = NULL, *turn = NULL;
+        int fast = ok ? clean_printable_ascii(content, repair, &text) : 0;
+        if (ok && fast == 0)
+            text = PyObject_CallFunctionObjArgs(clean, content, Py_False, Py_False, repair ? Py_True : Py_False, NULL);
+        int bad = PyErr_Occurred() != NULL;
+        if (ok && !bad) {
+            int empty = text ? PyObject_Not(text) : -1;
+            bad = empty < 0;
+            ok = empty == 0;
+        }
+        if (ok && !bad) {
+            turn = PyDict_Copy(m); /* (the file's key order, as the general path's copy keeps it) */
+            bad = !turn || PyDict_SetItem(turn, KEY_CONTENT, text) < 0 || PyList_Append(turns, turn) < 0 ||
+                  PyList_Append(seen, role) < 0 ||
+                  (PyUnicode_CompareWithASCIIString(role, "system") != 0 && PyList_Append(trained, text) < 0);
+        }
+        Py_XDECREF(turn);
+        Py_XDECREF(text);
+        Py_DECREF(m);
+        if (bad)
+            goto done;
+        if (!ok)
+            goto plain_not;
+    }
+    {
+        PyObject *roles_seen = PyList_AsTuple(seen), *joined = roles_seen ? PyUnicode_Join(NEWLINE, trained) : NULL;
+        if (joined)
+            result = PyTuple_Pack(3, turns, roles_seen, joined);
+        Py_XDECREF(roles_seen);
+        Py_XDECREF(joined);
+    }
+    goto done;
+plain_not:
+    result = Py_NewRef(Py_None);
+done:
+    Py_XDECREF(turns);
+    Py_XDECREF(seen);
+    Py_XDECREF(trained);
+    return result;
+}
+
 static PyMethodDef methods[] = {
     {"word_filter", word_filter, METH_O, word_filter_doc},
     {"word_hits", (PyCFunction)(void (*)(void))word_hits, METH_FASTCALL, word_hits_doc},
     {"ascii_key", ascii_key, METH_O, ascii_key_doc},
     {"digit_run", (PyCFunction)(void (*)(void))digit_run, METH_FASTCALL, digit_run_doc},
+    {"plain_messages", (PyCFunction)(void (*)(void))plain_messages, METH_FASTCALL, plain_messages_doc},
     {NULL, NULL, 0, NULL},
 };
 
@@ -226,5 +371,10 @@ PyMODINIT_FUNC PyInit__speedups(void) {
         LETTER[c] = letter ? c : 0;
         LETTER_LOWERED[c] = letter ? lowered(c) : 0;
     }
+    KEY_ROLE = PyUnicode_InternFromString("role");
+    KEY_CONTENT = PyUnicode_InternFromString("content");
+    NEWLINE = PyUnicode_FromString("\n");
+    if (!KEY_ROLE || !KEY_CONTENT || !NEWLINE)
+        return NULL;
     return PyModule_Create(&module);
 }

@@ -37,9 +37,10 @@ from tuneloop.data.clean import QualityRules, clean_example, clean_text, quality
 from tuneloop.data.formats import FORMATS, Example, Mapping, check_columns, detect_format, iter_source, \
     source_file, to_example
 from tuneloop.data.readers import arrow_columns
+from tuneloop.data.speedups import plain_messages
 from tuneloop.data.split import SPLITS, Sizes, split_rows
 from tuneloop.data.tokens import TokenCounter
-from tuneloop.data.validate import ROLES, Rejection, role_verdict, valid_utf8
+from tuneloop.data.validate import ROLES, Rejection, role_verdict
 from tuneloop.errors import UserError
 
 # Rows per _flush (token counts, MinHash signatures, identity groups, spooling). Small, so that a batch's
@@ -204,28 +205,14 @@ def _plain_chat(st: Stage, row) -> tuple | None:
     msgs = row.fields.get(st.messages_column)
     if type(msgs) is not list or not msgs:
         return None
-    turns, roles, trained = [], [], []
-    repair = st.cfg.repair_text
-    for m in msgs:
-        if type(m) is not dict or len(m) != 2:
-            return None
-        role, content = m.get("role"), m.get("content")
-        if type(role) is not str or role not in ROLES or type(content) is not str or not content \
-                or content.isspace() or not valid_utf8(content):
-            return None
-        text = clean_text(content, False, False, repair)
-        if not text:
-            return None
-        turn = dict(m)  # the file's key order, as the general path's copy keeps it
-        turn["content"] = text
-        turns.append(turn)
-        roles.append(role)
-        if role != "system":
-            trained.append(text)
-    problem, warnings = role_verdict(tuple(roles), True)
+    plain = plain_messages(msgs, ROLES, clean_text, st.cfg.repair_text)  # (speedups: in C where built)
+    if plain is None:
+        return None
+    turns, roles, trained = plain
+    problem, warnings = role_verdict(roles, True)
     if problem:
         return None
-    return Example(turns, None, {"source": row.source, "line": row.line}), "\n".join(trained), warnings
+    return Example(turns, None, {"source": row.source, "line": row.line}), trained, warnings
 
 
 def _row_pass(st: Stage, row, fmt: str) -> None:
