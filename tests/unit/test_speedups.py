@@ -101,6 +101,21 @@ def test_plain_messages_equals_python():
     assert taken > 3000
 
 
+def test_plain_messages_holds_its_own_references():
+    """A clean that replaces the message's role while it runs (so the dict drops the last reference to the old
+    one): the C must still read the role it checked, as the Python does (it read freed memory once)."""
+    for impl in (C.plain_messages, speedups.py_plain_messages):
+        msgs = [{"role": "".join(["us", "er"]), "content": "caf\u00e9"}]
+
+        def clean(content, *args):
+            msgs[0]["role"] = "assistant"
+            _ = [f"junk{i}" for i in range(5000)]  # (reuse the freed memory)
+            return content
+
+        assert impl(msgs, ROLES, clean, True) == ([{"role": "assistant", "content": "caf\u00e9"}], ("user",), "caf\u00e9")
+    assert C.digit_run(b"1", 2**70) is speedups.py_digit_run(b"1", 2**70) is False
+
+
 def test_wrong_input_is_a_clear_error():
     with pytest.raises(ValueError, match="ASCII"):
         C.ascii_key("caf\u00e9")

@@ -194,7 +194,7 @@ static PyObject *digit_run(PyObject *self, PyObject *const *args, Py_ssize_t nar
         PyErr_SetString(PyExc_TypeError, "digit_run(data, n) takes 2 arguments");
         return NULL;
     }
-    Py_ssize_t want = PyLong_AsSsize_t(args[1]);
+    Py_ssize_t want = PyNumber_AsSsize_t(args[1], NULL); /* (an int past the range: clipped, as it can never be met) */
     if (want == -1 && PyErr_Occurred())
         return NULL;
     Py_buffer view;
@@ -302,18 +302,18 @@ static PyObject *plain_messages(PyObject *self, PyObject *const *args, Py_ssize_
         PyObject *m = PyList_GET_ITEM(msgs, i);
         if (!PyDict_CheckExact(m) || PyDict_GET_SIZE(m) != 2)
             goto plain_not;
+        /* strong references: a role's __eq__ in the set, clean or the text's __bool__ may run Python that
+         * changes the message */
         Py_INCREF(m);
-        PyObject *role = PyDict_GetItemWithError(m, KEY_ROLE), *content = role ? PyDict_GetItemWithError(m, KEY_CONTENT) : NULL;
-        int ok = role && content && PyUnicode_CheckExact(role) && PyUnicode_CheckExact(content);
-        if (ok) {
-            ok = PySet_Contains(roles, role);
-            if (ok < 0) {
-                Py_DECREF(m);
-                goto done;
-            }
-        }
-        ok = ok && !is_space(content) && PyUnicode_GET_LENGTH(content) > 0 && no_surrogate(content);
+        PyObject *role = PyDict_GetItemWithError(m, KEY_ROLE);
+        Py_XINCREF(role);
+        PyObject *content = role ? PyDict_GetItemWithError(m, KEY_CONTENT) : NULL;
+        Py_XINCREF(content);
         PyObject *text = NULL, *turn = NULL;
+        int ok = role && content && PyUnicode_CheckExact(role) && PyUnicode_CheckExact(content);
+        if (ok)
+            ok = PySet_Contains(roles, role); /* (-1: an error, caught below) */
+        ok = ok > 0 && !is_space(content) && PyUnicode_GET_LENGTH(content) > 0 && no_surrogate(content);
         int fast = ok ? clean_printable_ascii(content, repair, &text) : 0;
         if (ok && fast == 0)
             text = PyObject_CallFunctionObjArgs(clean, content, Py_False, Py_False, repair ? Py_True : Py_False, NULL);
@@ -331,6 +331,8 @@ static PyObject *plain_messages(PyObject *self, PyObject *const *args, Py_ssize_
         }
         Py_XDECREF(turn);
         Py_XDECREF(text);
+        Py_XDECREF(content);
+        Py_XDECREF(role);
         Py_DECREF(m);
         if (bad)
             goto done;

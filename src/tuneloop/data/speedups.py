@@ -58,7 +58,8 @@ def py_plain_messages(msgs: list, roles: set, clean, repair: bool) -> tuple[list
     role and content, the role a str in roles, the content a str neither empty, blank nor holding a lone
     surrogate, and clean(content, False, False, repair) (clean_text) not empty. Returns copies of the messages
     with the cleaned contents (the file's key order), the roles and the non-system contents joined by newlines;
-    None for any other list (the general path then decides)."""
+    None for any other list (the general path then decides). The C does clean_text's first branch (printable
+    ASCII) itself, so `clean` is clean_text there."""
     turns, seen, trained = [], [], []
     for m in msgs:
         if type(m) is not dict or len(m) != 2:
