@@ -13,6 +13,8 @@ import os
 import random
 import subprocess
 import sys
+from array import array
+from itertools import accumulate
 from pathlib import Path
 
 import pytest
@@ -99,6 +101,29 @@ def test_plain_messages_equals_python():
                 assert [list(t) for t in got[0]] == [list(t) for t in want[0]]
                 taken += 1
     assert taken > 3000
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.binary(max_size=5), min_size=1, max_size=30), st.data())
+def test_gather_equals_joined_slices(lines, data):
+    """The split files' copy: rows in any order (repeats too) and any lo/hi window, clipped as a slice is."""
+    spool = b"".join(lines)
+    offsets = array("q", accumulate([0] + [len(x) for x in lines[:-1]]))
+    ids = data.draw(st.lists(st.integers(0, len(lines) - 1), max_size=40))
+    lo, hi = data.draw(st.integers(-2, 45)), data.draw(st.integers(-2, 45))
+    want = speedups.py_gather(spool, offsets, len(spool), ids, max(lo, 0), max(hi, 0))
+    assert C.gather(spool, offsets, len(spool), ids, lo, hi) == want
+    assert want == b"".join(lines[i] for i in ids[max(lo, 0):max(hi, 0)])
+
+
+def test_gather_refuses_rows_outside_the_spool():
+    data = b"abcdefgh"
+    for offsets, end, row in (([0, 3, 5], 8, 3), ([0, 3, 5], 8, -1),  # no such row
+                              ([0, 3, 5], 99, 2), ([0, 9, 5], 8, 0), ([4, 3, 5], 8, 0)):  # a line past the bytes
+        with pytest.raises(ValueError, match="outside"):
+            C.gather(data, array("q", offsets), end, [row], 0, 1)
+    with pytest.raises(TypeError, match="int64"):
+        C.gather(data, array("i", [0]), 8, [0], 0, 1)
 
 
 def test_plain_messages_holds_its_own_references():

@@ -356,12 +356,78 @@ done:
     return result;
 }
 
+/* --- the split files: spooled lines copied out in a row order ---------------------------------------------------- */
+
+PyDoc_STRVAR(gather_doc,
+"gather(data, offsets, end, ids, lo, hi) -> bytes\n\n"
+"b\"\".join(data[offsets[i]:(offsets[i + 1] if i + 1 < len(offsets) else end)] for i in ids[lo:hi]): the\n"
+"spooled lines of rows ids[lo:hi] in that order, in one allocation (no bytes object per line). offsets is an\n"
+"int64 array (array('q')), ids a list of ints; a row outside offsets or a line outside data is a ValueError.");
+
+static PyObject *gather(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 6 || !PyList_Check(args[3])) {
+        PyErr_SetString(PyExc_TypeError, "gather(data, offsets, end, ids: list, lo, hi)");
+        return NULL;
+    }
+    Py_ssize_t end = PyLong_AsSsize_t(args[2]), lo = PyNumber_AsSsize_t(args[4], NULL),
+               hi = PyNumber_AsSsize_t(args[5], NULL);
+    if (PyErr_Occurred())
+        return NULL;
+    PyObject *ids = args[3], *out = NULL;
+    Py_buffer data, offs;
+    if (PyObject_GetBuffer(args[0], &data, PyBUF_SIMPLE) < 0)
+        return NULL;
+    if (PyObject_GetBuffer(args[1], &offs, PyBUF_FORMAT | PyBUF_C_CONTIGUOUS) < 0) {
+        PyBuffer_Release(&data);
+        return NULL;
+    }
+    if (offs.itemsize != 8 || !offs.format || (strcmp(offs.format, "q") && strcmp(offs.format, "l"))) {
+        PyErr_SetString(PyExc_TypeError, "offsets must be an int64 array");
+        goto done;
+    }
+    const int64_t *off = offs.buf;
+    Py_ssize_t rows = offs.len / 8, n = PyList_GET_SIZE(ids), total = 0;
+    lo = lo < 0 ? 0 : lo > n ? n : lo;
+    hi = hi < lo ? lo : hi > n ? n : hi;
+    for (int pass = 0; pass < 2; pass++) { /* sizes and checks, then the copy */
+        Py_ssize_t pos = 0;
+        for (Py_ssize_t k = lo; k < hi; k++) {
+            Py_ssize_t i = PyLong_AsSsize_t(PyList_GET_ITEM(ids, k));
+            if (i == -1 && PyErr_Occurred())
+                goto fail;
+            int64_t a = -1, b = -1;
+            if (i >= 0 && i < rows) {
+                a = off[i];
+                b = i + 1 < rows ? off[i + 1] : end;
+            }
+            if (a < 0 || a > b || b > data.len) {
+                PyErr_Format(PyExc_ValueError, "row %zd is outside the spool's offsets or bytes", i);
+                goto fail;
+            }
+            if (pass)
+                memcpy(PyBytes_AS_STRING(out) + pos, (const char *)data.buf + a, b - a);
+            pos += b - a;
+        }
+        total = pos;
+        if (!pass && !(out = PyBytes_FromStringAndSize(NULL, total)))
+            goto done;
+    }
+    goto done;
+fail:
+    Py_CLEAR(out);
+done:
+    PyBuffer_Release(&offs);
+    PyBuffer_Release(&data);
+    return out;
+}
+
 static PyMethodDef methods[] = {
     {"word_filter", word_filter, METH_O, word_filter_doc},
     {"word_hits", (PyCFunction)(void (*)(void))word_hits, METH_FASTCALL, word_hits_doc},
     {"ascii_key", ascii_key, METH_O, ascii_key_doc},
     {"digit_run", (PyCFunction)(void (*)(void))digit_run, METH_FASTCALL, digit_run_doc},
     {"plain_messages", (PyCFunction)(void (*)(void))plain_messages, METH_FASTCALL, plain_messages_doc},
+    {"gather", (PyCFunction)(void (*)(void))gather, METH_FASTCALL, gather_doc},
     {NULL, NULL, 0, NULL},
 };
 

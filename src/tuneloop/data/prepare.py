@@ -116,12 +116,6 @@ class Candidates:
     sigs: list = field(default_factory=list)  # [batch, num_perm] uint32 arrays, stacked once in pass 2
     spool_end: int = 0  # bytes spooled (tell() per row costs more than this sum)
 
-    def ends(self) -> array:
-        """Where each row's spooled line ends (an 8 B/row copy: the next row's offset, spool_end for the last)."""
-        out = self.offsets[1:]
-        out.append(self.spool_end)
-        return out
-
 
 class JsonStrings(dict):
     """json.dumps of each string asked for, computed once (file names, drop reasons, field names)."""

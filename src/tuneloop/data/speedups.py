@@ -1,6 +1,7 @@
-"""Four per-row steps of the data stage, in C where `_speedups.c` was built, else in the Python here.
+"""Four per-row steps of the data stage and the copy of its split files, in C where `_speedups.c` was built, else
+in the Python here.
 
-    from tuneloop.data.speedups import NATIVE, word_hits, ascii_key, digit_run, plain_messages
+    from tuneloop.data.speedups import NATIVE, word_hits, ascii_key, digit_run, plain_messages, gather
     TUNELOOP_PURE_PYTHON=1 tuneloop data prepare ...     # the Python below even where the C is built
 
 The Python functions are the reference: the C ones return the same (tests/unit/test_speedups.py compares them
@@ -80,13 +81,20 @@ def py_plain_messages(msgs: list, roles: set, clean, repair: bool) -> tuple[list
     return turns, tuple(seen), "\n".join(trained)
 
 
+def py_gather(data: bytes, offsets, end: int, ids: list, lo: int, hi: int) -> bytes:
+    """The spooled lines of rows ids[lo:hi], in that order, as one bytes: row i is data[offsets[i]:offsets[i + 1]]
+    (to `end` for the last row); offsets is the spool's int64 array. (The C makes no bytes object per line.)"""
+    n = len(offsets)
+    return b"".join([data[offsets[i]:offsets[i + 1] if i + 1 < n else end] for i in ids[lo:hi]])
+
+
 try:
     if os.environ.get("TUNELOOP_PURE_PYTHON"):
         raise ImportError("TUNELOOP_PURE_PYTHON is set")
-    from tuneloop.data._speedups import ascii_key, digit_run, plain_messages, word_filter, word_hits
+    from tuneloop.data._speedups import ascii_key, digit_run, gather, plain_messages, word_filter, word_hits
 
     NATIVE = True
 except ImportError:
     word_filter, word_hits, ascii_key, digit_run = py_word_filter, py_word_hits, py_ascii_key, py_digit_run
-    plain_messages = py_plain_messages
+    plain_messages, gather = py_plain_messages, py_gather
     NATIVE = False
