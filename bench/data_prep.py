@@ -344,6 +344,7 @@ def main() -> None:
         "rows_per_s_per_core_fast_with_tokenizer": round(len(rows) / tok["cpu_s"]),
         "rows_per_s_per_core_fast_without_repair": round(len(rows) / norepair["cpu_s"]),
         "rows_per_s_per_core_fast_pure_python": round(len(rows) / pure["cpu_s"]),
+        "speedup_c_steps_fast": round(pure["cpu_s"] / fast["cpu_s"], 2),
         "neardup_precision": round(precision, 4), "neardup_recall": round(recall, 4),
         "pii_precision": round(pii_p, 4), "pii_recall": round(pii_r, 4),
         "speedup_vs_datasketch": round(base["datasketch_cpu_s"] / max(base["ours_cpu_s"], 1e-9), 2),
