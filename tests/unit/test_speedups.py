@@ -137,7 +137,8 @@ def test_plain_messages_holds_its_own_references():
             _ = [f"junk{i}" for i in range(5000)]  # (reuse the freed memory)
             return content
 
-        assert impl(msgs, ROLES, clean, True) == ([{"role": "assistant", "content": "caf\u00e9"}], ("user",), "caf\u00e9")
+        got = impl(msgs, ROLES, clean, True)
+        assert got == ([{"role": "assistant", "content": "caf\u00e9"}], ("user",), "caf\u00e9")
     assert C.digit_run(b"1", 2**70) is speedups.py_digit_run(b"1", 2**70) is False
 
 
