@@ -164,8 +164,8 @@ cfg = DataConfig(source={str(path)!r}, task="generation", dedup={dedup_mode!r}, 
                  repair_text={repair!r})
 t, c = time.time(), time.process_time()
 res = prepare(cfg, tok, Path({str(out)!r}), 0, load_splits=False)
-print(json.dumps({{"wall_s": time.time() - t, "cpu_s": time.process_time() - c, "counts": res.ledger.to_dict(), "c_steps": NATIVE,
-                  "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}}))
+print(json.dumps({{"wall_s": time.time() - t, "cpu_s": time.process_time() - c, "counts": res.ledger.to_dict(),
+                  "c_steps": NATIVE, "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}}))
 """
     return _child([sys.executable, "-c", code], {"TUNELOOP_PURE_PYTHON": "1" if pure else ""})
 
@@ -351,7 +351,8 @@ def main() -> None:
         "rows_per_s_per_core_glue": round(len(rows) / plain["cpu_s"]),
         "speedup_vs_glue_fast": round(plain["cpu_s"] / fast["cpu_s"], 2),
         "peak_rss_mb": round(max(r["peak_rss_mb"] for k in ("fast", "neardup") for r in runs[k])),  # the stage alone
-        "machine": {"cpu": cpu_name(), "cores": os.cpu_count(), **python_build(), "data_stage_c_steps": fast["c_steps"]},
+        "machine": {"cpu": cpu_name(), "cores": os.cpu_count(), **python_build(),
+                    "data_stage_c_steps": fast["c_steps"]},
         "detail": {"fast": fast, "neardup": full, "fast_tokenizer": {"tokenizer": TOKENIZER, **tok},
                    "fast_without_repair": norepair, "fast_pure_python": pure,
                    "neardup_job": base, "glue": plain,
@@ -364,9 +365,9 @@ def main() -> None:
                            "without a tokenizer (no too_long rule), fast_tokenizer is the fast job with the "
                            "default model's tokenizer counting every row's tokens (CPU of all its threads); "
                            "fast_without_repair is the fast job with data.repair_text off (no ftfy: what the "
-                           "repair of the source's mojibake costs, not a default); fast_pure_python is the fast job with "
-                           "the Python of the stage's C steps (TUNELOOP_PURE_PYTHON=1); glue is the plain json + "
-                           "ftfy + sha256 loop the fast job replaces (bench/data_prep.py glue), run right after "
+                           "repair of the source's mojibake costs, not a default); fast_pure_python is the fast "
+                           "job with the Python of the stage's C steps (TUNELOOP_PURE_PYTHON=1); glue is the plain "
+                           "json + ftfy + sha256 loop the fast job replaces (bench/data_prep.py glue), run right after "
                            "each fast run: speedup_vs_glue_fast = its median CPU / the fast job's"},
     }
     if out.is_file():  # keep the memory run's keys (bench/data_prep.py --memory-rows 1000000)
