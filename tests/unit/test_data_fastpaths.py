@@ -756,7 +756,8 @@ def test_small_skeletons_need_their_reads_classes_and_checks(monkeypatch):
     after, before, wild_after, wild_before, classes = mojibake._SMALL
     put_back = mojibake._put_back
     mutations = {"reads": ("_SMALL", ({}, before, 0, wild_before, classes)),
-                 "classes": ("_SMALL", (after, before, wild_after, wild_before, {**classes, ord("q"): ord("b")})),
+                 "classes": ("_SMALL", (after, before, wild_after, wild_before,
+                                         classes[:ord("q")] + "b" + classes[ord("q") + 1:])),
                  "states": ("_cuts_hold", lambda state, sep: True),
                  "compose": ("_composes_with_ascii", lambda state: False),
                  "cr": ("_put_back", lambda inner, cuts, cr: put_back(inner, cuts, False))}
@@ -793,7 +794,7 @@ def test_small_skeleton_reads_of_ftfys_patterns():
     # ftfy 6.3: characters whose byte is C3 in some single-byte encoding are read 6 past, Cyrillic "В" 2
     assert {ch for ch, n in after.items() if n > 1} == set("ÃĂĆ√├ГΓВ") and after["В"] == 2
     assert {ch for ch, n in before.items() if n > 1} == set("ÂÃ")
-    same = {a for a in map(chr, regex_reads.CONTEXT) if chr(classes.get(ord(a), ord(a))) == "b"}
+    same = {a for a in map(chr, regex_reads.CONTEXT) if classes[ord(a)] == "b"}
     assert same == set("bcdfghjkmnprtvwxyz")  # a, e, i, l, o, q, s, u: A_GRAVE_WORD_RE's words tell them apart
     # no character composes under NFC with an ASCII one before it unless it starts with a combining mark
     for x in range(0x80, 0x30000):

@@ -116,6 +116,45 @@ def test_gather_equals_joined_slices(lines, data):
     assert want == b"".join(lines[i] for i in ids[max(lo, 0):max(hi, 0)])
 
 
+# the small skeleton's cut: ASCII stretches (consumable " " and "?", separators, "\r", "\r\n", tabs, other control
+# characters) between non-ASCII characters of each string kind (Latin-1, BMP, astral; C1 and U+FFFD)
+CUT_PARTS = ["a", "t", "q", "ab", " ", "  ", "?", "x" * 12, "~", "|", "^", "`", "\r", "\r\n", "\n", "\t", "\x01",
+             "\x7f", "\x1a", "\u00c3", "\u00e9", "\u0412", "\u221a", "\U0001f600", "\x80", "\ufffd", "&"]
+cut_texts = st.lists(st.sampled_from(CUT_PARTS), max_size=24).map("".join)
+reads = st.dictionaries(st.sampled_from(["\u00c3", "\u00e9", "\u0412", "\U0001f600", "\x80"]), st.integers(0, 9))
+
+
+@settings(max_examples=600, deadline=None)
+@given(cut_texts, reads, reads, st.integers(0, 3), st.integers(0, 3),
+       st.lists(st.integers(0, 127), min_size=128, max_size=128), st.sampled_from([" ?\x1a", " ", "", "?t"]),
+       st.sampled_from(["~|^`", "~", "|~"]))
+def test_small_cut_equals_python(text, after, before, wild_after, wild_before, classes, consumable, separators):
+    """Random reads, classes and consumable sets; the str kinds of the output must match too (== compares them)."""
+    args = (after, before, wild_after, wild_before, "".join(map(chr, classes)), consumable, separators)
+    assert C.small_cut(text, *args) == speedups.py_small_cut(text, *args)
+
+
+def test_small_cut_with_ftfys_reads_equals_python():
+    """With the tables mojibake reads off ftfy (the ones prepare uses), on mojibake lines of every kind."""
+    from tuneloop.data import mojibake
+
+    from .test_data_fastpaths import FAR_CASES, SMALL_CASES, _far_lines, bench_like_texts
+
+    mojibake.small_skeleton("\u00c3")  # (reads ftfy's patterns)
+    args = (*mojibake._SMALL, mojibake._SKELETON[1], mojibake._SEPARATORS)
+    lines = SMALL_CASES + FAR_CASES + _far_lines(1500, random.Random(3)) + bench_like_texts(300)
+    lines += [t.replace(" ", "\r", 3) for t in lines[:300]] + [t + "\U0001f600 ok" for t in lines[:300]]
+    cut = [C.small_cut(t, *args) for t in lines]
+    assert cut == [speedups.py_small_cut(t, *args) for t in lines]
+    assert sum(c is not None for c in cut) > 1500
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.lists(cut_texts, min_size=1, max_size=6), st.lists(cut_texts, max_size=6), st.booleans())
+def test_put_back_equals_python(inner, cuts, cr):
+    assert C.put_back(inner, cuts, cr) == speedups.py_put_back(inner, cuts, cr)
+
+
 def test_gather_refuses_rows_outside_the_spool():
     data = b"abcdefgh"
     for offsets, end, row in (([0, 3, 5], 8, 3), ([0, 3, 5], 8, -1),  # no such row
@@ -153,6 +192,10 @@ def test_wrong_input_is_a_clear_error():
         C.word_filter(["not bytes"])
     with pytest.raises(TypeError, match="plain_messages"):
         C.plain_messages("not a list", ROLES, clean_text, True)
+    with pytest.raises(TypeError, match="small_cut"):
+        C.small_cut("x", {}, {}, 0, 0, "short classes", " ", "~")
+    with pytest.raises(IndexError):
+        C.put_back([], [], False)
     with pytest.raises(ZeroDivisionError):  # an error in clean comes through, nothing leaks (refcounts)
         C.plain_messages([{"role": "user", "content": "caf\u00e9"}], ROLES, lambda *a: 1 / 0, True)
 
@@ -168,6 +211,9 @@ def test_native_and_pure_python_prepare_write_the_same_files(tmp_path):
                                   {"role": "assistant", "content": f"Thanks {i % 7}"}], "id": 10**20 + i % 50})
     rows.append({"messages": [{"role": "user", "content": "caf\u00e9 \u212aelvin Bill"},
                               {"role": "assistant", "content": "ok"}]})
+    for i in range(20):  # mojibake: the small skeletons' cut and put back
+        rows.append({"messages": [{"role": "user", "content": f"I\u00e2\u20ac\u2122m at the caf\u00c3\u00a9 {i}   near JFK"},
+                                  {"role": "assistant", "content": "Donn\u00c3\u00a9es ok\r" * (i % 3 + 1)}]})
     src = tmp_path / "rows.jsonl"
     src.write_text("".join(json.dumps(r) + "\n" for r in rows))
     code = ("import sys; from pathlib import Path; from tuneloop.config import DataConfig; "

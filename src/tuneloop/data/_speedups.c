@@ -1,12 +1,12 @@
-/* tuneloop.data._speedups: four per-row steps of the data stage and the copy of its split files, in C. Imported by
+/* tuneloop.data._speedups: six per-row steps of the data stage and the copy of its split files, in C. Imported by
  * speedups.py, which holds the Python each function equals (the reference, used where this module was not built or
  * TUNELOOP_PURE_PYTHON is set); tests/unit/test_speedups.py compares the two on random input and a whole prepare
  * both ways. Built by `pip install -e .` (setuptools, optional: without a compiler the install goes on and the
  * Python runs).
  *
- * Why C: each step is a handful of C-speed calls already (translate, split, set intersection, slices), but they
- * make a Python object per word or line, a copy per line, or run the interpreter per message; here one pass makes
- * none of that (valgrind, the bench's fast job on 20k rows: 17.5% fewer instructions past imports).
+ * Why C: each step is a handful of C-speed calls already (translate, split, set intersection, slices, a regex), but
+ * they make a Python object per word, line or stretch, a copy per line, or run the interpreter per message; here one
+ * pass makes none of that (valgrind, the bench's fast job on 20k rows: 18.4% fewer instructions past imports).
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -424,6 +424,203 @@ done:
     return out;
 }
 
+/* --- the small skeleton's cut (mojibake.small_skeleton) ------------------------------------------------------------ */
+
+PyDoc_STRVAR(small_cut_doc,
+"small_cut(text, after, before, wild_after, wild_before, classes, consumable, separators) -> (str, list, str) | None\n\n"
+"speedups.py_small_cut: the line with each ASCII stretch (two or more of \\t \\n \\r and printable ASCII) cut\n"
+"down to what ftfy's patterns read past the characters beside it, the kept ASCII written by class, the first\n"
+"separator the line does not hold in each cut; the cut stretches; that separator. None for a line holding\n"
+"\"\\r\\n\", every separator, another control character, or nothing to cut. after, before: dicts {character:\n"
+"read}; classes: a 128-character ASCII str (each code's class); consumable, separators: ASCII.");
+
+typedef struct {
+    Py_ssize_t start, end, cons, head, tail; /* a stretch, its consumable lead (cut along), kept head and tail */
+} Cut;
+
+/* what a pattern reads past ch (map[ch], else wild); -1 with an exception set */
+static Py_ssize_t read_past(PyObject *map, Py_UCS4 ch, Py_ssize_t wild) {
+    PyObject *key = PyUnicode_FromOrdinal(ch); /* (below U+0100 a cached object: no allocation) */
+    if (!key)
+        return -1;
+    PyObject *value = PyDict_GetItemWithError(map, key); /* (exact str keys: no Python code runs) */
+    Py_DECREF(key);
+    if (!value)
+        return PyErr_Occurred() ? -1 : wild;
+    Py_ssize_t n = PyLong_AsSsize_t(value);
+    if (n < 0 && !PyErr_Occurred())
+        PyErr_SetString(PyExc_ValueError, "a read is negative");
+    return n;
+}
+
+static inline int is_stretch_char(Py_UCS4 c) { return (c >= 0x20 && c < 0x7F) || c == '\t' || c == '\n' || c == '\r'; }
+
+static PyObject *small_cut(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 8 || !PyUnicode_Check(args[0]) || !PyDict_Check(args[1]) || !PyDict_Check(args[2]) ||
+        !PyUnicode_Check(args[5]) || !PyUnicode_IS_ASCII(args[5]) || PyUnicode_GET_LENGTH(args[5]) != 128 ||
+        !PyUnicode_Check(args[6]) || !PyUnicode_IS_ASCII(args[6]) || !PyUnicode_Check(args[7]) ||
+        !PyUnicode_IS_ASCII(args[7])) {
+        PyErr_SetString(PyExc_TypeError, "small_cut(text: str, after: dict, before: dict, wild_after: int, "
+                                         "wild_before: int, classes: 128 ASCII characters, consumable: ASCII str, "
+                                         "separators: ASCII str)");
+        return NULL;
+    }
+    PyObject *text = args[0], *after = args[1], *before = args[2];
+    Py_ssize_t wild_after = PyNumber_AsSsize_t(args[3], PyExc_OverflowError),
+               wild_before = PyNumber_AsSsize_t(args[4], PyExc_OverflowError);
+    if (PyErr_Occurred())
+        return NULL;
+    const unsigned char *classes = PyUnicode_1BYTE_DATA(args[5]), *cons_chars = PyUnicode_1BYTE_DATA(args[6]);
+    unsigned char consumable[128] = {0};
+    for (Py_ssize_t k = 0; k < PyUnicode_GET_LENGTH(args[6]); k++)
+        consumable[cons_chars[k]] = 1;
+    unsigned char seen[128] = {0}; /* the ASCII characters of the line, for the separator */
+    const int kind = PyUnicode_KIND(text);
+    const void *data = PyUnicode_DATA(text);
+    const Py_ssize_t len = PyUnicode_GET_LENGTH(text);
+
+    Cut stack[32], *cuts = stack; /* (tweet lines have a few; longer lines grow it on the heap) */
+    Py_ssize_t ncuts = 0, cap = 32;
+    PyObject *result = NULL, *skeleton = NULL, *stretches = NULL;
+    for (Py_ssize_t i = 0; i < len;) {
+        Py_UCS4 c = PyUnicode_READ(kind, data, i);
+        if (c >= 0x80) {
+            i++;
+            continue;
+        }
+        if (!is_stretch_char(c)) { /* a control character a fixer acts on: the line is not cut */
+            result = Py_NewRef(Py_None);
+            goto done;
+        }
+        Py_ssize_t start = i, end = i + 1;
+        seen[c] = 1;
+        while (end < len && (c = PyUnicode_READ(kind, data, end)) < 0x80 && is_stretch_char(c)) {
+            if (c == '\n' && seen['\r'] && PyUnicode_READ(kind, data, end - 1) == '\r') {
+                result = Py_NewRef(Py_None); /* "\r\n": a cut could fall between the two */
+                goto done;
+            }
+            seen[c] = 1;
+            end++;
+        }
+        i = end;
+        Py_ssize_t n = end - start, lead = 0, trail = 0, head = 0, tail = 0;
+        if (n < 2)
+            continue;
+        while (lead < n && consumable[PyUnicode_READ(kind, data, start + lead)])
+            lead++;
+        while (trail < n && consumable[PyUnicode_READ(kind, data, end - 1 - trail)])
+            trail++;
+        if (start) { /* the characters before and after a stretch are non-ASCII */
+            if ((head = read_past(after, PyUnicode_READ(kind, data, start - 1), wild_after)) < 0)
+                goto done;
+            head = head > lead + 1 ? head : lead + 1;
+        }
+        if (end < len) {
+            if ((tail = read_past(before, PyUnicode_READ(kind, data, end), wild_before)) < 0)
+                goto done;
+            tail = tail > trail + 1 ? tail : trail + 1;
+        }
+        if (head + tail >= n)
+            continue;
+        if (ncuts == cap) {
+            Cut *grown = PyMem_Malloc(2 * cap * sizeof(Cut));
+            if (!grown) {
+                PyErr_NoMemory();
+                goto done;
+            }
+            memcpy(grown, cuts, ncuts * sizeof(Cut));
+            if (cuts != stack)
+                PyMem_Free(cuts);
+            cuts = grown;
+            cap *= 2;
+        }
+        cuts[ncuts++] = (Cut){start, end, start ? lead : 0, head, tail};
+    }
+    const unsigned char *separators = PyUnicode_1BYTE_DATA(args[7]), *sep = separators;
+    while (sep < separators + PyUnicode_GET_LENGTH(args[7]) && seen[*sep])
+        sep++;
+    if (!ncuts || sep == separators + PyUnicode_GET_LENGTH(args[7])) {
+        result = Py_NewRef(Py_None);
+        goto done;
+    }
+    Py_ssize_t total = 0, pos = 0;
+    for (Py_ssize_t k = 0; k < ncuts; k++) {
+        total += cuts[k].start + cuts[k].head - pos + 1 + cuts[k].tail; /* kept text, kept head, sep, kept tail */
+        pos = cuts[k].end;
+    }
+    total += len - pos;
+    /* every non-ASCII character is kept (only ASCII is cut), so the text's kind is the skeleton's */
+    if (!(skeleton = PyUnicode_New(total, PyUnicode_MAX_CHAR_VALUE(text))) || !(stretches = PyList_New(ncuts)))
+        goto done;
+    char *out = PyUnicode_DATA(skeleton);
+    Py_ssize_t o = 0;
+    pos = 0;
+    for (Py_ssize_t k = 0; k < ncuts; k++) {
+        Cut *cut = &cuts[k];
+        Py_ssize_t kept = cut->start + cut->cons - pos;
+        memcpy(out + o * kind, (const char *)data + pos * kind, kept * kind);
+        o += kept;
+        for (Py_ssize_t j = cut->start + cut->cons; j < cut->start + cut->head; j++)
+            PyUnicode_WRITE(kind, out, o++, classes[PyUnicode_READ(kind, data, j)]);
+        PyUnicode_WRITE(kind, out, o++, *sep);
+        for (Py_ssize_t j = cut->end - cut->tail; j < cut->end; j++)
+            PyUnicode_WRITE(kind, out, o++, classes[PyUnicode_READ(kind, data, j)]);
+        PyObject *stretch = PyUnicode_Substring(text, cut->start + cut->cons, cut->end);
+        if (!stretch)
+            goto done;
+        PyList_SET_ITEM(stretches, k, stretch);
+        pos = cut->end;
+    }
+    memcpy(out + o * kind, (const char *)data + pos * kind, (len - pos) * kind);
+    result = Py_BuildValue("OOC", skeleton, stretches, (int)*sep);
+done:
+    Py_XDECREF(skeleton);
+    Py_XDECREF(stretches);
+    if (cuts != stack)
+        PyMem_Free(cuts);
+    return result;
+}
+
+PyDoc_STRVAR(put_back_doc,
+"put_back(inner, cuts, cr) -> str\n\n"
+"speedups.py_put_back: a line from its skeleton's repair, the repaired pieces (a list of str) with the cut\n"
+"stretches (a list of str) between them, each \"\\r\" of those made \"\\n\" where cr is true.");
+
+static PyObject *EMPTY, *CR; /* "", "\r" (NEWLINE: "\n") */
+
+static PyObject *put_back(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 3 || !PyList_Check(args[0]) || !PyList_Check(args[1])) {
+        PyErr_SetString(PyExc_TypeError, "put_back(inner: list, cuts: list, cr)");
+        return NULL;
+    }
+    PyObject *inner = args[0], *cuts = args[1];
+    int cr = PyObject_IsTrue(args[2]);
+    if (cr < 0)
+        return NULL;
+    if (!PyList_GET_SIZE(inner)) {
+        PyErr_SetString(PyExc_IndexError, "no repaired piece");
+        return NULL;
+    }
+    Py_ssize_t k = PyList_GET_SIZE(inner) - 1;
+    k = k < PyList_GET_SIZE(cuts) ? k : PyList_GET_SIZE(cuts);
+    PyObject *parts = PyList_New(1 + 2 * k), *result = NULL;
+    if (!parts)
+        return NULL;
+    PyList_SET_ITEM(parts, 0, Py_NewRef(PyList_GET_ITEM(inner, 0)));
+    for (Py_ssize_t j = 0; j < k; j++) {
+        PyObject *stretch = PyList_GET_ITEM(cuts, j);
+        stretch = cr ? PyUnicode_Replace(stretch, CR, NEWLINE, -1) : Py_NewRef(stretch);
+        if (!stretch)
+            goto done;
+        PyList_SET_ITEM(parts, 1 + 2 * j, stretch);
+        PyList_SET_ITEM(parts, 2 + 2 * j, Py_NewRef(PyList_GET_ITEM(inner, j + 1)));
+    }
+    result = PyUnicode_Join(EMPTY, parts);
+done:
+    Py_DECREF(parts);
+    return result;
+}
+
 static PyMethodDef methods[] = {
     {"word_filter", word_filter, METH_O, word_filter_doc},
     {"word_hits", (PyCFunction)(void (*)(void))word_hits, METH_FASTCALL, word_hits_doc},
@@ -431,6 +628,8 @@ static PyMethodDef methods[] = {
     {"digit_run", (PyCFunction)(void (*)(void))digit_run, METH_FASTCALL, digit_run_doc},
     {"plain_messages", (PyCFunction)(void (*)(void))plain_messages, METH_FASTCALL, plain_messages_doc},
     {"gather", (PyCFunction)(void (*)(void))gather, METH_FASTCALL, gather_doc},
+    {"small_cut", (PyCFunction)(void (*)(void))small_cut, METH_FASTCALL, small_cut_doc},
+    {"put_back", (PyCFunction)(void (*)(void))put_back, METH_FASTCALL, put_back_doc},
     {NULL, NULL, 0, NULL},
 };
 
@@ -445,7 +644,9 @@ PyMODINIT_FUNC PyInit__speedups(void) {
     KEY_ROLE = PyUnicode_InternFromString("role");
     KEY_CONTENT = PyUnicode_InternFromString("content");
     NEWLINE = PyUnicode_FromString("\n");
-    if (!KEY_ROLE || !KEY_CONTENT || !NEWLINE)
+    EMPTY = PyUnicode_FromString("");
+    CR = PyUnicode_FromString("\r");
+    if (!KEY_ROLE || !KEY_CONTENT || !NEWLINE || !EMPTY || !CR)
         return NULL;
     return PyModule_Create(&module);
 }

@@ -41,6 +41,7 @@ from ftfy import badness as ftfy_badness
 from ftfy import chardata as ftfy_chardata
 from ftfy import fixes as ftfy_fixes
 
+from tuneloop.data.speedups import put_back, small_cut
 from tuneloop.data.regex_reads import CONTEXT, HIGH_BYTES, RunLocal, ascii_matches, badness_reach, char_items, \
     consumed, edge_reads, max_read, sre_parser
 
@@ -393,7 +394,7 @@ def _fix_skeleton(text: str, sep: str) -> list | None:
 
 
 def _small_settings() -> tuple | None:
-    """(after, before, wild_after, wild_before, class table for str.translate) read
+    """(after, before, wild_after, wild_before, each ASCII code's class as a 128-character str) read
     off ftfy's patterns; None when one of them is not read (then there are no small skeletons)."""
     if _SKELETON is None or _FIX_ENCODING_STEP is None:
         return None
@@ -440,18 +441,17 @@ def _small_settings() -> tuple | None:
     for x in CONTEXT:
         sig = tuple(x in m for m in matches.values())
         classes.setdefault((x,) if x in singles else sig, []).append(x)
-    table = {x: members[0] for members in classes.values() for x in members if x != members[0]}
+    table = {x: members[0] for members in classes.values() for x in members}
     # (a character in an explicit class may also be matched by a wildcard item: it reads at least as far)
     return ({chr(x): max(v, wild_after) for x, v in after.items()},
-            {chr(x): max(v, wild_before) for x, v in before.items()}, wild_after, wild_before, table)
+            {chr(x): max(v, wild_before) for x, v in before.items()}, wild_after, wild_before,
+            "".join(chr(table.get(x, x)) for x in range(128)))
 
 
 _SMALL: tuple | None = ()  # read on first use (reading ftfy's patterns takes ~50 ms): () until then, None: no reading
-# an ASCII stretch of two or more characters (the line's ASCII between non-ASCII ones), or a control character a
-# fixer acts on but "\r", which rules the line out (fix_line_breaks: every "\r" becomes "\n" in the first pass, the
-# cut stretches' too, which _put_back does for them; a line with "\r\n" is not cut: a cut could fall between the
-# two). One scan for both (a separate search for the control characters cost ~1.6 us a tweet).
-_STRETCH_OR_OFF = re.compile(r"[\t\n\r -~][\t\n\r -~]+|[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+# The cut (speedups.small_cut) leaves a line with a control character a fixer acts on as it is, but "\r":
+# fix_line_breaks makes every "\r" "\n" in the first pass, the cut stretches' too, which _put_back does for them
+# (a line with "\r\n" is not cut: a cut could fall between the two).
 _ASCII = "".join(map(chr, range(128)))  # (str.strip(_ASCII): a piece's ASCII ends without a regex search)
 
 
@@ -488,31 +488,9 @@ def small_skeleton(text: str) -> tuple[str, list, str] | None:
     global _SMALL
     if _SMALL == ():
         _SMALL = _small_settings()
-    if _SMALL is None or "\r\n" in text or "&" in text and _LIVE_AMP.search(text):
+    if _SMALL is None or "&" in text and _LIVE_AMP.search(text):
         return None
-    sep = _separator(text)
-    if sep is None:
-        return None
-    classes, consumable = _SMALL[4], _SKELETON[1]
-    out, cuts, pos, end_of_text = [], [], 0, len(text)
-    for part in _STRETCH_OR_OFF.finditer(text):
-        start, end = part.span()
-        n = end - start
-        if n == 1:
-            return None  # a control character
-        a = part.group()
-        keep_head = _keep_after(a, text[start - 1]) if start else 0
-        keep_tail = _keep_before(a, text[end]) if end < end_of_text else 0
-        if keep_head + keep_tail < n:
-            cons = n - len(a.lstrip(consumable)) if start else 0
-            out += (text[pos:start + cons], a[cons:keep_head].translate(classes), sep,
-                    a[n - keep_tail:].translate(classes))
-            cuts.append(a[cons:])
-            pos = end
-    if not cuts:
-        return None
-    out.append(text[pos:])
-    return "".join(out), cuts, sep
+    return small_cut(text, *_SMALL, _SKELETON[1], _SEPARATORS)  # (speedups: in C where built)
 
 
 def _cuts_hold(state: str, sep: str) -> bool:
@@ -565,13 +543,7 @@ def _fix_small(text: str, sep: str) -> list | None:
     return inner
 
 
-def _put_back(inner: list, cuts: list, cr: bool) -> str:
-    """The line from a skeleton's repair: the repaired pieces with the cut stretches between them as they were
-    (with `cr`, the line holds "\r": fix_line_breaks makes each "\n")."""
-    out = [inner[0]]
-    for stretch, piece in zip(cuts, inner[1:]):
-        out += (stretch.replace("\r", "\n") if cr else stretch, piece)
-    return "".join(out)
+_put_back = put_back  # (a module name: a test swaps it)
 
 
 def fix_segment(text: str) -> str:
