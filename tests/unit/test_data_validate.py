@@ -82,6 +82,25 @@ def test_rule_triggers(tmp_path, rule):
     assert rec["rule"] == rule and rec["file"] == str(p) and rec["line"] == (2 if p.suffix == ".csv" else 1) and rec["message"]
 
 
+def test_quarantine_keeps_what_orjson_cannot_write(tmp_path):
+    """A rejected row is written as it was read: lone surrogates (\\u escapes) and integers over 64 bits go
+    through json, plain rows through orjson; NaN is null (JSON has none), as in the splits. Every line is JSON."""
+    rows = ['{"messages": [{"role": "bot", "content": "plain caf\u00e9"}]}',
+            '{"messages": [{"role": "bot", "content": "lone \\ud800 surrogate"}]}',
+            '{"messages": [{"role": "bot", "content": "big"}], "id": 123456789012345678901234567890}',
+            '{"messages": [{"role": "bot", "content": "nan"}], "score": NaN}', json.dumps({"messages": [U, A]})]
+    p = tmp_path / "q.jsonl"
+    p.write_text("\n".join(rows) + "\n", encoding="utf-8")
+    res = prepare(_cfg(p, "chat", []), None, tmp_path / "o", 0)
+    assert res.ledger.rejected == {"invalid_role": 4} and res.ledger.kept == 1
+    lines = (tmp_path / "o" / "rejected.jsonl").read_bytes().splitlines()
+    recs = [json.loads(x) for x in lines]
+    contents = ["plain caf\u00e9", "lone \ud800 surrogate", "big", "nan"]
+    assert [r["row"]["messages"][0]["content"] for r in recs] == contents
+    assert recs[2]["row"]["id"] == 123456789012345678901234567890 and recs[3]["row"]["score"] is None
+    assert "caf\u00e9".encode() in lines[0] and b"\\ud800" in lines[1]  # UTF-8 as is; the surrogate escaped
+
+
 @pytest.mark.parametrize("rule", ["role_order", "invalid_json"])
 def test_strict_fails_on_first_error(tmp_path, rule):
     p, fmt, labels = _write(tmp_path, rule)

@@ -212,7 +212,8 @@ def test_native_and_pure_python_prepare_write_the_same_files(tmp_path):
     rows.append({"messages": [{"role": "user", "content": "caf\u00e9 \u212aelvin Bill"},
                               {"role": "assistant", "content": "ok"}]})
     for i in range(20):  # mojibake: the small skeletons' cut and put back
-        rows.append({"messages": [{"role": "user", "content": f"I\u00e2\u20ac\u2122m at the caf\u00c3\u00a9 {i}   near JFK"},
+        mojibake = f"I\u00e2\u20ac\u2122m at the caf\u00c3\u00a9 {i}   near JFK"
+        rows.append({"messages": [{"role": "user", "content": mojibake},
                                   {"role": "assistant", "content": "Donn\u00c3\u00a9es ok\r" * (i % 3 + 1)}]})
     src = tmp_path / "rows.jsonl"
     src.write_text("".join(json.dumps(r) + "\n" for r in rows))

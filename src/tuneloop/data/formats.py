@@ -59,14 +59,25 @@ class Example:
         escapes for what orjson refuses (lone surrogates, integers over 64 bits). JSON has no NaN or Infinity:
         such a field becomes null on either path."""
         obj = self.to_json()
-        try:
+        try:  # (json_line's first try, inline: one call less per row)
             return orjson.dumps(obj, option=orjson.OPT_APPEND_NEWLINE)
         except orjson.JSONEncodeError:
-            return (json.dumps(_finite(obj), separators=(",", ":"), allow_nan=False) + "\n").encode("ascii")
+            return json_line(obj)
 
     @classmethod
     def from_json(cls, d: dict) -> "Example":
         return cls(d["messages"], d.get("label"), d.get("meta", {}), d.get("rejected"))
+
+
+def json_line(obj, default=None) -> bytes:
+    """obj as one compact UTF-8 JSON line: orjson; json with \\u escapes for what orjson refuses (lone surrogates,
+    which UTF-8 cannot encode, integers over 64 bits, keys that are not str). JSON has no NaN or Infinity: such a
+    value becomes null on either path. `default` gives what to write for a value JSON has no type for."""
+    try:
+        return orjson.dumps(obj, default=default, option=orjson.OPT_APPEND_NEWLINE)
+    except orjson.JSONEncodeError:
+        text = json.dumps(_finite(obj), default=default, separators=(",", ":"), allow_nan=False)
+        return (text + "\n").encode("ascii")
 
 
 def _finite(obj):

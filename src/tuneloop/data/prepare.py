@@ -34,7 +34,7 @@ from tuneloop.config import DataConfig
 from tuneloop.data import audit as bias
 from tuneloop.data import dedup, pii
 from tuneloop.data.clean import QualityRules, clean_example, clean_text, quality_failure
-from tuneloop.data.formats import FORMATS, Example, Mapping, check_columns, detect_format, iter_source, \
+from tuneloop.data.formats import FORMATS, Example, Mapping, check_columns, detect_format, iter_source, json_line, \
     source_file, to_example
 from tuneloop.data.readers import arrow_columns
 from tuneloop.data.speedups import plain_messages
@@ -147,10 +147,7 @@ class Stage:
         self.plain_chat = not (cfg.strip_html or cfg.min_confidence or self.mapping.label_from_answer)
         self.messages_column = self.mapping.columns.get("messages", "messages")
         self.pending: list = []
-        self.quarantine = open(out_dir / "rejected.jsonl", "w", encoding="utf-8")
-        # ensure_ascii: a quarantined row may hold lone surrogates that UTF-8 cannot encode; one encoder for
-        # all rows (json.dumps(default=...) builds a new one per call)
-        self.quarantine_json = json.JSONEncoder(default=str)
+        self.quarantine = open(out_dir / "rejected.jsonl", "wb")
         self.dropped = open(out_dir / "dropped.jsonl", "w", encoding="utf-8")
         self.json_strings = JsonStrings()
         self.spool = open(out_dir / ".candidates.jsonl", "w+b")
@@ -167,7 +164,7 @@ class Stage:
         rec = {"rule": r.rule, "file": row.source, "line": row.line, "field": r.field, "message": r.message,
                "row": row.fields}
         self.examples.setdefault(r.rule, rec)
-        self.quarantine.write(self.quarantine_json.encode(rec) + "\n")
+        self.quarantine.write(json_line(rec, str))  # (orjson: ~0.6 vs ~6 us with json; 5% of the bench's rows)
 
     def drop(self, line: int, source: str, reason: str, **detail) -> None:
         """One line of dropped.jsonl: json.dumps({"line": ..., "source": ..., "reason": ..., **detail}), spelled
