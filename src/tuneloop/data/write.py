@@ -14,8 +14,11 @@ import hashlib
 import json
 import os
 import random
+from array import array
 from collections import Counter
 from pathlib import Path
+
+import numpy as np
 
 from tuneloop.config import DataConfig
 from tuneloop.data import audit as bias
@@ -146,10 +149,16 @@ def write_outputs(st, cfg: DataConfig, parts: dict, info: dict, tokenizer) -> tu
 
     c, out_dir = st.cand, st.out_dir
     names = st.terms.names
-    split_of = {i: name for name, ids in parts.items() for i in ids}
-    kept = sorted(split_of)
+    # the kept rows in file order and each one's split, sorted in numpy (a dict of 167k rows and sorting their
+    # scattered int objects took ~0.2 s of the bench's 8 s fast job; ~0.03 s so)
+    part_names = list(parts)
+    rows = np.concatenate([np.frombuffer(array("q", parts[k]), dtype=np.int64) for k in part_names])
+    order = np.argsort(rows, kind="stable")
+    kept = rows[order].tolist()
+    split_of = list(map(part_names.__getitem__, np.repeat(np.arange(len(part_names)),
+                                                          [len(parts[k]) for k in part_names])[order].tolist()))
     audit = bias.audit([lab or "" for lab in map(c.labels.__getitem__, kept)], list(map(c.masks.__getitem__, kept)),
-                       list(map(split_of.__getitem__, kept)), names, cfg.audit_threshold)
+                       split_of, names, cfg.audit_threshold)
     mitigations: dict = {"counterfactual": cfg.counterfactual, "group_balance": cfg.group_balance}
     paths, data_hash, split_info = {}, hashlib.sha256(), {}
     weights, extra = {}, []
