@@ -41,9 +41,9 @@ from ftfy import badness as ftfy_badness
 from ftfy import chardata as ftfy_chardata
 from ftfy import fixes as ftfy_fixes
 
-from tuneloop.data.speedups import put_back, small_cut
 from tuneloop.data.regex_reads import CONTEXT, HIGH_BYTES, RunLocal, ascii_matches, badness_reach, char_items, \
     consumed, edge_reads, max_read, sre_parser
+from tuneloop.data.speedups import put_back, small_cut
 
 SEGMENT = 1_000_000  # ftfy's max_decode_length: longer lines are cut into pieces, left to ftfy itself
 _ENCODING_CONFIG = ftfy.TextFixerConfig(explain=False)  # what fix_and_explain gives fix_encoding
